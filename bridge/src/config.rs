@@ -1,0 +1,141 @@
+//! The bridge's configuration, loaded once at start from a
+//! [`switchyard_ops::config::Source`].
+//!
+//! Invariant: every value is validated here, with an error naming the
+//! variable; nothing downstream re-parses the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use switchyard_ops::config::{ConfigError, Source};
+
+/// Typed bridge configuration.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    pub postgres_url: String,
+    pub pg_pool_size: usize,
+    pub redis_url: String,
+    /// Prefix of Redis channel names (lets several deployments share a Redis).
+    pub redis_prefix: String,
+    pub topology: PathBuf,
+    pub kafka_brokers: String,
+    pub kafka_topics: Vec<String>,
+    pub kafka_group: String,
+    pub dlq_topic: String,
+    /// Extra librdkafka properties (`SWITCHYARD_KAFKA_OPTIONS=k=v,k=v`), e.g. SASL/TLS.
+    pub kafka_options: Vec<(String, String)>,
+    pub admin_listen: SocketAddr,
+    pub batch_max: usize,
+    pub batch_linger: Duration,
+    pub max_event_bytes: usize,
+    /// Default retention of log entries whose channels set none (and no lookback).
+    pub retention: Duration,
+    pub lookback_tz: chrono_tz::Tz,
+    pub sweep_interval: Duration,
+}
+
+impl BridgeConfig {
+    pub fn from_source(s: &Source) -> Result<Self, ConfigError> {
+        let tz_name = s.string_or("SWITCHYARD_LOOKBACK_TZ", "UTC");
+        let lookback_tz: chrono_tz::Tz = tz_name.parse().map_err(|_| ConfigError::Invalid {
+            var: "SWITCHYARD_LOOKBACK_TZ".into(),
+            value: tz_name.clone(),
+            reason: "expected an IANA time zone such as UTC or Europe/Berlin".into(),
+        })?;
+        let kafka_options = s
+            .list_or("SWITCHYARD_KAFKA_OPTIONS", "")
+            .into_iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) => Ok((k.trim().to_owned(), v.trim().to_owned())),
+                None => Err(ConfigError::Invalid {
+                    var: "SWITCHYARD_KAFKA_OPTIONS".into(),
+                    value: kv.clone(),
+                    reason: "expected comma-separated key=value librdkafka properties".into(),
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch_max: usize = s.parse_or("SWITCHYARD_BATCH_MAX", 2000)?;
+        if batch_max == 0 {
+            return Err(ConfigError::Invalid {
+                var: "SWITCHYARD_BATCH_MAX".into(),
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        let kafka_topics = s.list_or("SWITCHYARD_KAFKA_TOPICS", "switchyard.events");
+        if kafka_topics.is_empty() {
+            return Err(ConfigError::Invalid {
+                var: "SWITCHYARD_KAFKA_TOPICS".into(),
+                value: String::new(),
+                reason: "name at least one topic".into(),
+            });
+        }
+        Ok(BridgeConfig {
+            postgres_url: s.required(
+                "SWITCHYARD_POSTGRES_URL",
+                "a PostgreSQL URL such as postgres://postgres@127.0.0.1:5432/switchyard",
+            )?,
+            pg_pool_size: s.parse_or("SWITCHYARD_PG_POOL_SIZE", 8)?,
+            redis_url: s.required("SWITCHYARD_REDIS_URL", "a Redis URL such as redis://127.0.0.1:6379")?,
+            redis_prefix: s.string_or("SWITCHYARD_REDIS_PREFIX", "switchyard"),
+            topology: PathBuf::from(s.required(
+                "SWITCHYARD_TOPOLOGY",
+                "the path of the topology file (JSON or YAML)",
+            )?),
+            kafka_brokers: s.required(
+                "SWITCHYARD_KAFKA_BROKERS",
+                "Kafka bootstrap servers such as 127.0.0.1:9092",
+            )?,
+            kafka_topics,
+            kafka_group: s.string_or("SWITCHYARD_KAFKA_GROUP", "switchyard-bridge"),
+            dlq_topic: s.string_or("SWITCHYARD_KAFKA_DLQ_TOPIC", "switchyard.events.dlq"),
+            kafka_options,
+            admin_listen: s.socket_addr_or("SWITCHYARD_ADMIN_LISTEN", "0.0.0.0:9090")?,
+            batch_max,
+            batch_linger: s.millis_or("SWITCHYARD_BATCH_LINGER_MS", 5)?,
+            max_event_bytes: s.parse_or("SWITCHYARD_MAX_EVENT_BYTES", 256 * 1024)?,
+            retention: Duration::from_secs(60 * s.parse_or::<u64>("SWITCHYARD_RETENTION_MINUTES", 1440)?),
+            lookback_tz,
+            sweep_interval: s.millis_or("SWITCHYARD_SWEEP_INTERVAL_MS", 30_000)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("SWITCHYARD_POSTGRES_URL", "postgres://x"),
+            ("SWITCHYARD_REDIS_URL", "redis://x"),
+            ("SWITCHYARD_TOPOLOGY", "/t.json"),
+            ("SWITCHYARD_KAFKA_BROKERS", "k:9092"),
+        ]
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = BridgeConfig::from_source(&Source::from_map(base())).unwrap();
+        assert_eq!(c.kafka_topics, vec!["switchyard.events"]);
+        assert_eq!(c.kafka_group, "switchyard-bridge");
+        assert_eq!(c.dlq_topic, "switchyard.events.dlq");
+        assert_eq!(c.admin_listen.port(), 9090);
+    }
+
+    #[test]
+    fn errors_name_the_variable() {
+        let mut v = base();
+        v.retain(|(k, _)| *k != "SWITCHYARD_KAFKA_BROKERS");
+        let e = BridgeConfig::from_source(&Source::from_map(v)).unwrap_err();
+        assert!(e.to_string().contains("SWITCHYARD_KAFKA_BROKERS"), "{e}");
+        let mut v = base();
+        v.push(("SWITCHYARD_LOOKBACK_TZ", "Mars/Olympus"));
+        let e = BridgeConfig::from_source(&Source::from_map(v)).unwrap_err();
+        assert!(e.to_string().contains("SWITCHYARD_LOOKBACK_TZ"), "{e}");
+        let mut v = base();
+        v.push(("SWITCHYARD_KAFKA_OPTIONS", "security.protocol"));
+        let e = BridgeConfig::from_source(&Source::from_map(v)).unwrap_err();
+        assert!(e.to_string().contains("SWITCHYARD_KAFKA_OPTIONS"), "{e}");
+    }
+}

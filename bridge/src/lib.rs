@@ -1,0 +1,134 @@
+//! `switchyard-bridge`: consumes domain events from Kafka, resolves their
+//! scoped channels, appends them to the PostgreSQL cursor log, publishes them
+//! on Redis, then stores the Kafka offsets.
+//!
+//! Where things are:
+//! - [`config`]: the typed configuration (environment variables).
+//! - [`envelope`]: decoding and validating the Kafka event envelope.
+//! - [`pipeline`]: the batch loop, DLQ, backpressure and offset handling.
+//! - [`retention`]: the sweeper that deletes expired log entries.
+//!
+//! The invariant a maintainer must not break: a Kafka offset is stored only
+//! after the records it covers are committed in PostgreSQL or acknowledged by
+//! the DLQ topic.
+
+pub mod config;
+pub mod envelope;
+mod metrics;
+pub mod pipeline;
+pub mod retention;
+
+use anyhow::Context as _;
+use config::BridgeConfig;
+use pipeline::{BridgeContext, Health, Pipeline};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::FutureProducer;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use switchyard_channels::{Topology, TopologyHandle};
+use switchyard_cursorlog::{CursorLog, PoolOptions};
+use switchyard_ops::admin::Readiness;
+use tokio_util::sync::CancellationToken;
+
+/// A running bridge's readiness: PostgreSQL and Redis answer and the
+/// pipeline is not stalled on a dependency.
+struct BridgeReadiness {
+    log: CursorLog,
+    publisher: switchyard_cursorlog::live::Publisher,
+    health: Arc<Health>,
+}
+
+impl Readiness for BridgeReadiness {
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            self.log.ping().await.map_err(|e| format!("postgres: {e}"))?;
+            self.publisher.ping().await.map_err(|e| format!("redis: {e}"))?;
+            if self.health.stalled.load(Ordering::Relaxed) {
+                return Err("pipeline stalled on a dependency".into());
+            }
+            Ok(())
+        })
+    }
+}
+
+fn kafka_config(cfg: &BridgeConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.kafka_brokers)
+        .set("client.id", "switchyard-bridge");
+    for (k, v) in &cfg.kafka_options {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Builds every component and runs until `cancel` fires. Returns the bound
+/// admin address through `on_admin` (tests use port 0).
+pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+    let topology = Topology::load(&cfg.topology)
+        .with_context(|| format!("SWITCHYARD_TOPOLOGY={}", cfg.topology.display()))?;
+    let topology = TopologyHandle::new(topology);
+    let log = CursorLog::connect(
+        &cfg.postgres_url,
+        PoolOptions {
+            max_size: cfg.pg_pool_size,
+            ..Default::default()
+        },
+    )
+    .await
+    .context("connecting to PostgreSQL (SWITCHYARD_POSTGRES_URL)")?;
+    let publisher = switchyard_cursorlog::live::Publisher::connect(&cfg.redis_url, &cfg.redis_prefix, log.epoch())
+        .await
+        .context("connecting to Redis (SWITCHYARD_REDIS_URL)")?;
+
+    let consumer: StreamConsumer<BridgeContext> = kafka_config(&cfg)
+        .set("group.id", &cfg.kafka_group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "500")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("queued.max.messages.kbytes", "16384")
+        .create_with_context(BridgeContext)
+        .context("creating the Kafka consumer (SWITCHYARD_KAFKA_BROKERS)")?;
+    let topics: Vec<&str> = cfg.kafka_topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .context("subscribing to SWITCHYARD_KAFKA_TOPICS")?;
+    let dlq: FutureProducer = kafka_config(&cfg)
+        .set("acks", "all")
+        .set("message.timeout.ms", "10000")
+        .create()
+        .context("creating the DLQ producer")?;
+
+    let health = Arc::new(Health::default());
+    let metrics = switchyard_ops::telemetry::init_metrics();
+    let ready = Arc::new(BridgeReadiness {
+        log: log.clone(),
+        publisher: publisher.clone(),
+        health: health.clone(),
+    });
+    let admin = switchyard_ops::admin::spawn(cfg.admin_listen, metrics, ready, cancel.clone())
+        .await
+        .with_context(|| format!("binding SWITCHYARD_ADMIN_LISTEN={}", cfg.admin_listen))?;
+    tracing::info!(%admin, topics = ?cfg.kafka_topics, group = %cfg.kafka_group, epoch = log.epoch(), "bridge started");
+
+    let watcher = topology.spawn_watcher(cfg.topology.clone(), cancel.clone());
+    let sweeper = tokio::spawn(retention::run(log.clone(), cfg.sweep_interval, cancel.clone()));
+    let pipeline = Pipeline {
+        consumer,
+        dlq,
+        log,
+        publisher,
+        topology,
+        cfg,
+        health,
+    };
+    pipeline.run(cancel.clone()).await;
+    cancel.cancel();
+    let _ = sweeper.await;
+    let _ = watcher.await;
+    Ok(())
+}

@@ -1,0 +1,492 @@
+//! The ingest pipeline: Kafka batch → decode/validate → DLQ → resolve channels
+//! → one PostgreSQL transaction → Redis publish → store Kafka offsets.
+//!
+//! Invariant: a Kafka offset is stored only after every record up to it is
+//! durable somewhere: in the cursor log (committed), in the DLQ (acknowledged
+//! by the broker), or counted as resolving to no channel. While PostgreSQL or
+//! the DLQ is unavailable the assigned partitions are paused (the consumer
+//! keeps polling so it stays in its group) and the batch is retried, so memory
+//! stays bounded by one batch plus librdkafka's bounded prefetch.
+
+use crate::config::BridgeConfig;
+use crate::envelope::{self, DomainEvent, Rejection};
+use crate::metrics as m;
+use switchyard_cursorlog::live::Publisher;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard_channels::{ResolvedChannel, TopologyHandle};
+use switchyard_cursorlog::{CursorLog, Entry, LogError, LogEvent, NewEvent};
+use tokio_util::sync::CancellationToken;
+
+/// The consumer context: commits stored offsets synchronously when
+/// partitions are revoked, and reports commit failures.
+#[derive(Debug, Default)]
+pub struct BridgeContext;
+
+impl ClientContext for BridgeContext {}
+
+impl ConsumerContext for BridgeContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions revoked; committing stored offsets");
+            if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                tracing::debug!(error = %e, "commit on revoke found nothing to commit");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions assigned");
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "offset commit did not complete");
+        }
+    }
+}
+
+/// Shared health flags for `/readyz`.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// True while the pipeline is stuck retrying a dependency.
+    pub stalled: AtomicBool,
+}
+
+/// The pipeline's parts.
+pub struct Pipeline {
+    pub consumer: StreamConsumer<BridgeContext>,
+    pub dlq: FutureProducer,
+    pub log: CursorLog,
+    pub publisher: Publisher,
+    pub topology: TopologyHandle,
+    pub cfg: BridgeConfig,
+    pub health: Arc<Health>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").finish_non_exhaustive()
+    }
+}
+
+struct Cancelled;
+
+/// A record resolved for the log.
+struct Routed {
+    msg_index: usize,
+    event: DomainEvent,
+    log_channels: Vec<ResolvedChannel>,
+    ephemeral_channels: Vec<ResolvedChannel>,
+}
+
+impl Pipeline {
+    /// Runs until `cancel` fires, then commits stored offsets synchronously.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut carry: Vec<OwnedMessage> = Vec::new();
+        loop {
+            let batch = self.gather(&mut carry, &cancel).await;
+            if batch.is_empty() {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                continue;
+            }
+            if self.process(&batch, &mut carry, &cancel).await.is_err() {
+                tracing::info!(records = batch.len(), "shutdown during retry; the batch will be redelivered");
+                break;
+            }
+        }
+        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => tracing::info!("final offset commit done"),
+            Err(e) => tracing::info!(error = %e, "final offset commit had nothing to do"),
+        }
+    }
+
+    async fn gather(
+        &self,
+        carry: &mut Vec<OwnedMessage>,
+        cancel: &CancellationToken,
+    ) -> Vec<OwnedMessage> {
+        let max = self.cfg.batch_max;
+        let mut batch = std::mem::take(carry);
+        if batch.len() >= max {
+            *carry = batch.split_off(max);
+            return batch;
+        }
+        if batch.is_empty() {
+            tokio::select! {
+                _ = cancel.cancelled() => return batch,
+                r = self.consumer.recv() => match r {
+                    Ok(msg) => batch.push(msg.detach()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka consume error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        return batch;
+                    }
+                },
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.cfg.batch_linger;
+        while batch.len() < max {
+            tokio::select! {
+                biased;
+                r = self.consumer.recv() => match r {
+                    Ok(msg) => batch.push(msg.detach()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kafka consume error");
+                        break;
+                    }
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        batch
+    }
+
+    async fn process(
+        &self,
+        batch: &[OwnedMessage],
+        carry: &mut Vec<OwnedMessage>,
+        cancel: &CancellationToken,
+    ) -> Result<(), Cancelled> {
+        let started = Instant::now();
+        let topology = self.topology.current();
+        let mut rejected: Vec<(usize, Rejection)> = Vec::new();
+        let mut routed: Vec<Routed> = Vec::new();
+        for (i, msg) in batch.iter().enumerate() {
+            let header_ct = content_type_header(msg);
+            match envelope::decode(msg.payload(), header_ct.as_deref(), self.cfg.max_event_bytes) {
+                Err(r) => rejected.push((i, r)),
+                Ok(ev) => {
+                    metrics::counter!(m::CONSUMED, "topic" => ev.topic.clone()).increment(1);
+                    if !topology.has_topic(&ev.topic) {
+                        rejected.push((
+                            i,
+                            Rejection::new(
+                                "unknown_topic",
+                                format!("topic {:?} is not in the topology", ev.topic),
+                            ),
+                        ));
+                        continue;
+                    }
+                    let tenant = (!ev.tenant.is_empty()).then_some(ev.tenant.as_str());
+                    let channels = topology.resolve_event(&ev.topic, &ev.scopes, tenant);
+                    if channels.is_empty() {
+                        metrics::counter!(m::UNROUTED, "topic" => ev.topic.clone()).increment(1);
+                        tracing::debug!(event_id = %ev.id, topic = %ev.topic, "event resolved to no channel");
+                        continue;
+                    }
+                    let (ephemeral_channels, log_channels) =
+                        channels.into_iter().partition(|c| c.ephemeral);
+                    routed.push(Routed {
+                        msg_index: i,
+                        event: ev,
+                        log_channels,
+                        ephemeral_channels,
+                    });
+                }
+            }
+        }
+
+        // Channel ids for every key of the batch.
+        let mut keys: Vec<String> = routed
+            .iter()
+            .flat_map(|r| r.log_channels.iter().chain(&r.ephemeral_channels))
+            .map(|c| c.key.clone())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let ids = self
+            .retry("resolve channel ids", carry, cancel, || self.log.channel_ids(&keys))
+            .await?;
+        let id_of: HashMap<&str, i64> = keys.iter().map(String::as_str).zip(ids).collect();
+
+        let now = chrono::Utc::now();
+        let mut new_events: Vec<NewEvent> = Vec::new();
+        let mut msg_of_event: HashMap<String, usize> = HashMap::new();
+        let mut ephemeral_only: Vec<LogEvent> = Vec::new();
+        let mut ephemeral_extra: HashMap<String, Vec<Entry>> = HashMap::new();
+        for r in &routed {
+            let eph: Vec<Entry> = r
+                .ephemeral_channels
+                .iter()
+                .filter_map(|c| id_of.get(c.key.as_str()))
+                .map(|&channel| Entry { channel, seq: 0 })
+                .collect();
+            let created_at_ms = r.event.created_at_ms.unwrap_or_else(|| now.timestamp_millis());
+            if r.log_channels.is_empty() {
+                metrics::counter!(m::EPHEMERAL, "topic" => r.event.topic.clone()).increment(1);
+                ephemeral_only.push(LogEvent {
+                    event_id: r.event.id.clone(),
+                    topic: r.event.topic.clone(),
+                    tenant: r.event.tenant.clone(),
+                    user_id: r.event.user_id.clone(),
+                    payload: r.event.payload.clone(),
+                    content_type: r.event.content_type.clone(),
+                    created_at_ms,
+                    entries: eph,
+                });
+                continue;
+            }
+            if !eph.is_empty() {
+                ephemeral_extra.insert(r.event.id.clone(), eph);
+            }
+            let expires_at = switchyard_cursorlog::event::expires_at(
+                &r.log_channels,
+                now,
+                self.cfg.retention,
+                self.cfg.lookback_tz,
+            );
+            let mut channels: Vec<i64> = r
+                .log_channels
+                .iter()
+                .filter_map(|c| id_of.get(c.key.as_str()).copied())
+                .collect();
+            channels.sort_unstable();
+            channels.dedup();
+            msg_of_event.entry(r.event.id.clone()).or_insert(r.msg_index);
+            new_events.push(NewEvent {
+                event_id: r.event.id.clone(),
+                topic: r.event.topic.clone(),
+                tenant: r.event.tenant.clone(),
+                user_id: r.event.user_id.clone(),
+                payload: r.event.payload.clone(),
+                content_type: r.event.content_type.clone(),
+                created_at_ms,
+                expires_at,
+                channels,
+            });
+        }
+
+        let (outcome, poisoned) = self
+            .retry("append to the cursor log", carry, cancel, || {
+                append_resilient(&self.log, new_events.clone())
+            })
+            .await?;
+        for (event_id, why) in poisoned {
+            if let Some(&i) = msg_of_event.get(&event_id) {
+                rejected.push((i, Rejection::new("storage_rejected", why)));
+            }
+        }
+        // Records that failed validation (or storage) go to the DLQ before any
+        // offset covering them is stored.
+        if !rejected.is_empty() {
+            self.retry("write to the DLQ", carry, cancel, || self.send_dlq(batch, &rejected))
+                .await?;
+        }
+
+        let commit_at = chrono::Utc::now().timestamp_millis();
+        let mut live = outcome.appended;
+        for ev in &mut live {
+            metrics::counter!(m::APPENDED, "topic" => ev.topic.clone()).increment(1);
+            let lag = (commit_at - ev.created_at_ms).max(0) as f64 / 1000.0;
+            metrics::histogram!(m::EVENT_LAG).record(lag);
+            if let Some(extra) = ephemeral_extra.remove(&ev.event_id) {
+                ev.entries.extend(extra);
+            }
+        }
+        metrics::counter!(m::DUPLICATE).increment(outcome.duplicates.len() as u64);
+        live.extend(ephemeral_only);
+        self.publisher.publish(&live).await;
+        self.store_offsets(batch);
+        metrics::histogram!(m::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::BATCH_SIZE).record(batch.len() as f64);
+        tracing::debug!(records = batch.len(), appended = live.len(), dlq = rejected.len(), "batch done");
+        Ok(())
+    }
+
+    /// Retries `op` with capped backoff until it succeeds, pausing the
+    /// assigned partitions meanwhile and parking anything still fetched in
+    /// `carry` (bounded: fetching stops while paused).
+    async fn retry<T, E, F, Fut>(
+        &self,
+        what: &str,
+        carry: &mut Vec<OwnedMessage>,
+        cancel: &CancellationToken,
+        mut op: F,
+    ) -> Result<T, Cancelled>
+    where
+        E: std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        let mut paused = false;
+        loop {
+            match op().await {
+                Ok(v) => {
+                    if paused {
+                        self.set_paused(false);
+                        tracing::info!(what, "dependency recovered; consumption resumed");
+                    }
+                    return Ok(v);
+                }
+                Err(e) => {
+                    metrics::counter!(m::PG_ERRORS).increment(1);
+                    if !paused {
+                        self.set_paused(true);
+                        paused = true;
+                    }
+                    tracing::warn!(what, error = %e, retry_in_ms = backoff.as_millis() as u64, "failed; consumption paused");
+                    let until = tokio::time::Instant::now() + backoff;
+                    loop {
+                        tokio::select! {
+                            _ = cancel.cancelled() => return Err(Cancelled),
+                            _ = tokio::time::sleep_until(until) => break,
+                            r = self.consumer.recv() => {
+                                if let Ok(msg) = r {
+                                    carry.push(msg.detach());
+                                }
+                            }
+                        }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn set_paused(&self, paused: bool) {
+        self.health.stalled.store(paused, Ordering::Relaxed);
+        metrics::gauge!(m::PAUSED).set(if paused { 1.0 } else { 0.0 });
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let r = if paused {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, paused, "cannot change partition pause state");
+        }
+    }
+
+    async fn send_dlq(
+        &self,
+        batch: &[OwnedMessage],
+        rejected: &[(usize, Rejection)],
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let sends = rejected.iter().map(|(i, why)| {
+            let msg = &batch[*i];
+            metrics::counter!(m::DLQ, "reason" => why.reason).increment(1);
+            tracing::warn!(
+                reason = why.reason,
+                detail = %why.detail,
+                topic = msg.topic(),
+                partition = msg.partition(),
+                offset = msg.offset(),
+                "event rejected to the DLQ"
+            );
+            let partition = msg.partition().to_string();
+            let offset = msg.offset().to_string();
+            let mut headers = OwnedHeaders::new();
+            if let Some(h) = msg.headers() {
+                for hdr in h.iter() {
+                    headers = headers.insert(Header {
+                        key: hdr.key,
+                        value: hdr.value,
+                    });
+                }
+            }
+            let headers = headers
+                .insert(Header { key: "switchyard-dlq-reason", value: Some(why.reason) })
+                .insert(Header { key: "switchyard-dlq-detail", value: Some(&why.detail) })
+                .insert(Header { key: "switchyard-source-topic", value: Some(msg.topic()) })
+                .insert(Header { key: "switchyard-source-partition", value: Some(&partition) })
+                .insert(Header { key: "switchyard-source-offset", value: Some(&offset) });
+            let mut record: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&self.cfg.dlq_topic).headers(headers);
+            if let Some(k) = msg.key() {
+                record = record.key(k);
+            }
+            if let Some(p) = msg.payload() {
+                record = record.payload(p);
+            }
+            self.dlq.send(record, Duration::from_secs(10))
+        });
+        for r in futures::future::join_all(sends).await {
+            r.map_err(|(e, _)| e)?;
+        }
+        Ok(())
+    }
+
+    fn store_offsets(&self, batch: &[OwnedMessage]) {
+        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for msg in batch {
+            let e = next.entry((msg.topic().to_owned(), msg.partition())).or_insert(0);
+            *e = (*e).max(msg.offset() + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            if let Err(e) = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset)) {
+                tracing::warn!(error = %e, topic, partition, "cannot build offset list");
+            }
+        }
+        if let Err(e) = self.consumer.store_offsets(&tpl) {
+            // Typically a partition revoked mid-batch: its new owner re-reads
+            // these records and the log's idempotency absorbs them.
+            tracing::warn!(error = %e, "storing offsets failed");
+        }
+    }
+}
+
+fn content_type_header(msg: &OwnedMessage) -> Option<String> {
+    let headers = msg.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case("content-type"))
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_owned)
+}
+
+type Poisoned = Vec<(String, String)>;
+
+/// Appends `events`; when PostgreSQL rejects the batch for a reason retrying
+/// cannot fix, splits it to isolate the offending events (returned as
+/// poisoned, for the DLQ) and appends the rest in order.
+fn append_resilient(
+    log: &CursorLog,
+    events: Vec<NewEvent>,
+) -> std::pin::Pin<
+    Box<
+        dyn Future<Output = Result<(switchyard_cursorlog::AppendOutcome, Poisoned), LogError>>
+            + Send
+            + '_,
+    >,
+> {
+    Box::pin(async move {
+        match log.append_batch(&events).await {
+            Ok(o) => Ok((o, Vec::new())),
+            Err(e) if e.is_transient() => Err(e),
+            Err(e) if events.len() == 1 => {
+                tracing::error!(error = %e, event_id = %events[0].event_id, "PostgreSQL rejected the event");
+                Ok((Default::default(), vec![(events[0].event_id.clone(), e.to_string())]))
+            }
+            Err(_) => {
+                let mut first = events;
+                let second = first.split_off(first.len() / 2);
+                let (mut a, mut pa) = append_resilient(log, first).await?;
+                let (b, pb) = append_resilient(log, second).await?;
+                a.appended.extend(b.appended);
+                a.duplicates.extend(b.duplicates);
+                pa.extend(pb);
+                Ok((a, pa))
+            }
+        }
+    })
+}

@@ -1,0 +1,27 @@
+//! The PostgreSQL cursor log, shared by the bridge (writer) and the gateways
+//! (readers).
+//!
+//! - [`migrate`]: numbered migrations from `migrations/`, applied at start-up
+//!   under an advisory lock so several processes may start at once.
+//! - [`log`]: [`CursorLog`]: batch append with dense per-channel sequences
+//!   and idempotency on event id; replay reads; heads; retention sweep.
+//! - [`event`]: [`LogEvent`], the one in-memory form of a durable event, and
+//!   its Redis wire encoding.
+//! - [`live`]: the Redis live feed (channel names, [`live::Publisher`]).
+//! - [`cursor`]: the opaque client cursor (log epoch + per-channel positions).
+//!
+//! The invariant everything rests on: a channel's sequence numbers are dense
+//! (1, 2, 3, …) and a sequence is assigned under that channel's row lock
+//! inside the appending transaction, so for every channel commit order equals
+//! sequence order. Readers rely on it to detect gaps: seeing `n + 2` after `n`
+//! means `n + 1` is committed and can be read back.
+
+pub mod cursor;
+pub mod event;
+pub mod live;
+pub mod log;
+pub mod migrate;
+
+pub use cursor::{Cursor, CursorError};
+pub use event::{Entry, LogEvent, NewEvent};
+pub use log::{AppendOutcome, ChannelHead, CursorLog, LogError, PoolOptions, ReadPage};

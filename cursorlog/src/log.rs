@@ -1,0 +1,478 @@
+//! [`CursorLog`]: the writer and reader side of the log over a deadpool of
+//! PostgreSQL connections.
+//!
+//! Invariant (see the crate doc): sequences are assigned only inside
+//! [`CursorLog::append_batch`]'s transaction, after locking the channel rows
+//! in id order (so concurrent writers never deadlock), and the heads are
+//! written in the same transaction. A failed transaction assigns nothing.
+
+use crate::event::{Entry, LogEvent, NewEvent};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+const LOCK_HEADS: &str = include_str!("sql/lock_heads.sql");
+const EXISTING_IDS: &str = include_str!("sql/existing_ids.sql");
+const INSERT_EVENTS: &str = include_str!("sql/insert_events.sql");
+const UPDATE_HEADS: &str = include_str!("sql/update_heads.sql");
+const UPSERT_CHANNELS: &str = include_str!("sql/upsert_channels.sql");
+const CHANNEL_IDS: &str = include_str!("sql/channel_ids.sql");
+const READ_AFTER: &str = include_str!("sql/read_after.sql");
+const HEADS: &str = include_str!("sql/heads.sql");
+const LOOKBACK_START: &str = include_str!("sql/lookback_start.sql");
+const SWEEP: &str = include_str!("sql/sweep.sql");
+
+/// Errors of the cursor log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("invalid PostgreSQL URL: {0}")]
+    Config(String),
+    #[error("PostgreSQL pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("PostgreSQL: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("the log has no epoch; migrations did not run")]
+    NoEpoch,
+}
+
+impl LogError {
+    /// Whether retrying the same operation later may succeed (the database was
+    /// unreachable, a serialization conflict, a concurrent duplicate insert).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LogError::Config(_) | LogError::NoEpoch => false,
+            LogError::Pool(_) => true,
+            LogError::Db(e) => match e.code() {
+                None => true,
+                Some(c) => {
+                    *c == SqlState::UNIQUE_VIOLATION
+                        || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                        || *c == SqlState::T_R_DEADLOCK_DETECTED
+                        || *c == SqlState::ADMIN_SHUTDOWN
+                        || *c == SqlState::CANNOT_CONNECT_NOW
+                        || c.code().starts_with("08")
+                        || c.code().starts_with("53")
+                        || c.code().starts_with("57")
+                }
+            },
+        }
+    }
+}
+
+/// Pool settings.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub max_size: usize,
+    pub connect_timeout: Duration,
+    pub wait_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            max_size: 16,
+            connect_timeout: Duration::from_secs(5),
+            wait_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What an append did.
+#[derive(Debug, Default, Clone)]
+pub struct AppendOutcome {
+    /// Appended events with their entries, in batch order.
+    pub appended: Vec<LogEvent>,
+    /// Event ids that were already in the log (or repeated in the batch).
+    pub duplicates: Vec<String>,
+}
+
+/// A channel's head and oldest retained sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelHead {
+    pub channel: i64,
+    pub head: i64,
+    /// Oldest retained sequence, `None` when nothing is retained.
+    pub floor: Option<i64>,
+}
+
+/// One page of a replay read.
+#[derive(Debug, Default)]
+pub struct ReadPage {
+    /// `(channel, seq, event)` in per-channel sequence order, merged across
+    /// channels by append order.
+    pub rows: Vec<(i64, i64, Arc<LogEvent>)>,
+    /// Whether some channel hit the page limit (read again from the new positions).
+    pub more: bool,
+}
+
+/// The cursor log.
+#[derive(Clone)]
+pub struct CursorLog {
+    pool: Pool,
+    epoch: Arc<str>,
+    channel_cache: Arc<RwLock<HashMap<String, i64>>>,
+}
+
+impl std::fmt::Debug for CursorLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CursorLog")
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+const CHANNEL_CACHE_MAX: usize = 1_000_000;
+
+impl CursorLog {
+    /// Connects, applies migrations and loads the log epoch.
+    pub async fn connect(url: &str, opts: PoolOptions) -> Result<CursorLog, LogError> {
+        let mut pg = tokio_postgres::Config::from_str(url)
+            .map_err(|e| LogError::Config(e.to_string()))?;
+        pg.connect_timeout(opts.connect_timeout);
+        pg.application_name("switchyard");
+        let mgr = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(opts.max_size)
+            .wait_timeout(Some(opts.wait_timeout))
+            .create_timeout(Some(opts.connect_timeout))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(|e| LogError::Config(e.to_string()))?;
+        {
+            let mut client = pool.get().await?;
+            crate::migrate::run(&mut client).await?;
+        }
+        let client = pool.get().await?;
+        let epoch: String = client
+            .query_opt("SELECT epoch FROM log_meta", &[])
+            .await?
+            .ok_or(LogError::NoEpoch)?
+            .get(0);
+        Ok(CursorLog {
+            pool,
+            epoch: epoch.into(),
+            channel_cache: Arc::default(),
+        })
+    }
+
+    /// The log's identity; changes when the database is reset or restored.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Cheap liveness check of the database.
+    pub async fn ping(&self) -> Result<(), LogError> {
+        let client = self.pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Ids of the channels with these keys, creating missing ones.
+    /// Returned in the order of `keys`.
+    pub async fn channel_ids(&self, keys: &[String]) -> Result<Vec<i64>, LogError> {
+        let mut missing: Vec<String> = Vec::new();
+        {
+            let cache = self.channel_cache.read().unwrap_or_else(|p| p.into_inner());
+            for k in keys {
+                if !cache.contains_key(k) {
+                    missing.push(k.clone());
+                }
+            }
+        }
+        if !missing.is_empty() {
+            missing.sort();
+            missing.dedup();
+            let client = self.pool.get().await?;
+            let found = client
+                .query(&client.prepare_cached(CHANNEL_IDS).await?, &[&missing])
+                .await?;
+            let mut fetched: HashMap<String, i64> =
+                found.iter().map(|r| (r.get(1), r.get(0))).collect();
+            let absent: Vec<String> = missing
+                .iter()
+                .filter(|k| !fetched.contains_key(*k))
+                .cloned()
+                .collect();
+            if !absent.is_empty() {
+                client
+                    .execute(&client.prepare_cached(UPSERT_CHANNELS).await?, &[&absent])
+                    .await?;
+                let rows = client
+                    .query(&client.prepare_cached(CHANNEL_IDS).await?, &[&absent])
+                    .await?;
+                fetched.extend(rows.iter().map(|r| (r.get(1), r.get(0))));
+            }
+            let mut cache = self.channel_cache.write().unwrap_or_else(|p| p.into_inner());
+            if cache.len() + fetched.len() > CHANNEL_CACHE_MAX {
+                cache.clear();
+            }
+            cache.extend(fetched);
+        }
+        let cache = self.channel_cache.read().unwrap_or_else(|p| p.into_inner());
+        keys.iter()
+            .map(|k| {
+                cache.get(k).copied().ok_or_else(|| {
+                    LogError::Config(format!("channel {k:?} vanished while being created"))
+                })
+            })
+            .collect()
+    }
+
+    /// Appends a batch in one transaction. Events whose id is already in the
+    /// log (or earlier in the batch) are reported as duplicates and get no
+    /// entries. Returns after the commit.
+    pub async fn append_batch(&self, batch: &[NewEvent]) -> Result<AppendOutcome, LogError> {
+        let mut outcome = AppendOutcome::default();
+        // De-duplicate inside the batch, keeping the first occurrence.
+        let mut seen = HashSet::with_capacity(batch.len());
+        let mut unique: Vec<&NewEvent> = Vec::with_capacity(batch.len());
+        for ev in batch {
+            if seen.insert(ev.event_id.as_str()) {
+                unique.push(ev);
+            } else {
+                outcome.duplicates.push(ev.event_id.clone());
+            }
+        }
+        if unique.is_empty() {
+            return Ok(outcome);
+        }
+        let mut channels: Vec<i64> = unique
+            .iter()
+            .flat_map(|e| e.channels.iter().copied())
+            .collect();
+        channels.sort_unstable();
+        channels.dedup();
+        let ids: Vec<&str> = unique.iter().map(|e| e.event_id.as_str()).collect();
+
+        let mut client = self.pool.get().await?;
+        let lock_heads = client.prepare_cached(LOCK_HEADS).await?;
+        let existing_ids = client.prepare_cached(EXISTING_IDS).await?;
+        let insert_events = client.prepare_cached(INSERT_EVENTS).await?;
+        let update_heads = client.prepare_cached(UPDATE_HEADS).await?;
+        let tx = client.transaction().await?;
+        // Lock every channel row this batch touches, in id order.
+        let mut heads: BTreeMap<i64, i64> = tx
+            .query(&lock_heads, &[&channels])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let existing: HashSet<String> = tx
+            .query(&existing_ids, &[&ids])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+
+        let n = unique.len();
+        let mut c_ids = Vec::with_capacity(n);
+        let mut c_topics = Vec::with_capacity(n);
+        let mut c_tenants = Vec::with_capacity(n);
+        let mut c_users: Vec<Option<&str>> = Vec::with_capacity(n);
+        let mut c_payloads: Vec<&[u8]> = Vec::with_capacity(n);
+        let mut c_cts = Vec::with_capacity(n);
+        let mut c_created = Vec::with_capacity(n);
+        let mut c_expires = Vec::with_capacity(n);
+        let mut p_ord: Vec<i64> = Vec::new();
+        let mut p_ch: Vec<i64> = Vec::new();
+        let mut p_seq: Vec<i64> = Vec::new();
+        for ev in unique {
+            if existing.contains(&ev.event_id) {
+                outcome.duplicates.push(ev.event_id.clone());
+                continue;
+            }
+            let mut entries = Vec::with_capacity(ev.channels.len());
+            let ord = c_ids.len() as i64 + 1;
+            for ch in &ev.channels {
+                let Some(head) = heads.get_mut(ch) else {
+                    return Err(LogError::Config(format!(
+                        "channel id {ch} does not exist; resolve ids with channel_ids first"
+                    )));
+                };
+                *head += 1;
+                entries.push(Entry {
+                    channel: *ch,
+                    seq: *head,
+                });
+                p_ord.push(ord);
+                p_ch.push(*ch);
+                p_seq.push(*head);
+            }
+            c_ids.push(ev.event_id.as_str());
+            c_topics.push(ev.topic.as_str());
+            c_tenants.push(ev.tenant.as_str());
+            c_users.push(ev.user_id.as_deref());
+            c_payloads.push(ev.payload.as_ref());
+            c_cts.push(ev.content_type.as_str());
+            c_created.push(ev.created_at_ms);
+            c_expires.push(ev.expires_at);
+            outcome.appended.push(LogEvent {
+                event_id: ev.event_id.clone(),
+                topic: ev.topic.clone(),
+                tenant: ev.tenant.clone(),
+                user_id: ev.user_id.clone(),
+                payload: ev.payload.clone(),
+                content_type: ev.content_type.clone(),
+                created_at_ms: ev.created_at_ms,
+                entries,
+            });
+        }
+        if outcome.appended.is_empty() {
+            tx.rollback().await?;
+            return Ok(outcome);
+        }
+        tx.query(
+            &insert_events,
+            &[
+                &c_ids, &c_topics, &c_tenants, &c_users, &c_payloads, &c_cts, &c_created,
+                &c_expires, &p_ord, &p_ch, &p_seq,
+            ],
+        )
+        .await?;
+        let (h_ids, h_heads): (Vec<i64>, Vec<i64>) = heads.into_iter().unzip();
+        tx.execute(&update_heads, &[&h_ids, &h_heads]).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Reads entries after `positions[i].1` in channel `positions[i].0`, at
+    /// most `limit` per channel and none past `upto` (when given for that
+    /// channel). Rows come in per-channel order, merged by append order.
+    pub async fn read_after(
+        &self,
+        positions: &[(i64, i64)],
+        upto: Option<&[i64]>,
+        limit: i64,
+    ) -> Result<ReadPage, LogError> {
+        if positions.is_empty() {
+            return Ok(ReadPage::default());
+        }
+        let chs: Vec<i64> = positions.iter().map(|p| p.0).collect();
+        let afters: Vec<i64> = positions.iter().map(|p| p.1).collect();
+        let uptos: Vec<i64> = match upto {
+            Some(u) => u.to_vec(),
+            None => vec![i64::MAX; positions.len()],
+        };
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(READ_AFTER).await?;
+        let rows = client
+            .query(&stmt, &[&chs, &afters, &uptos, &limit])
+            .await?;
+        let mut by_pk: HashMap<i64, Arc<LogEvent>> = HashMap::new();
+        let mut lists: BTreeMap<i64, Vec<(i64, i64, Arc<LogEvent>)>> = BTreeMap::new();
+        for r in &rows {
+            let ch: i64 = r.get(0);
+            let seq: i64 = r.get(1);
+            let pk: i64 = r.get(2);
+            let ev = by_pk
+                .entry(pk)
+                .or_insert_with(|| {
+                    let chans: Vec<i64> = r.get(10);
+                    let seqs: Vec<i64> = r.get(11);
+                    Arc::new(LogEvent {
+                        event_id: r.get(3),
+                        topic: r.get(4),
+                        tenant: r.get(5),
+                        user_id: r.get(6),
+                        payload: Bytes::from(r.get::<_, Vec<u8>>(7)),
+                        content_type: r.get(8),
+                        created_at_ms: r.get(9),
+                        entries: chans
+                            .into_iter()
+                            .zip(seqs)
+                            .map(|(channel, seq)| Entry { channel, seq })
+                            .collect(),
+                    })
+                })
+                .clone();
+            lists.entry(ch).or_default().push((pk, seq, ev));
+        }
+        let more = lists.values().any(|l| l.len() as i64 >= limit);
+        // k-way merge by append order (pk), keeping each list's own order.
+        let mut cursors: Vec<(i64, std::vec::IntoIter<(i64, i64, Arc<LogEvent>)>)> =
+            lists.into_iter().map(|(ch, l)| (ch, l.into_iter())).collect();
+        let mut heads: Vec<Option<(i64, i64, Arc<LogEvent>)>> =
+            cursors.iter_mut().map(|(_, it)| it.next()).collect();
+        let mut out = Vec::with_capacity(rows.len());
+        loop {
+            let mut best: Option<usize> = None;
+            for (i, h) in heads.iter().enumerate() {
+                if let Some((pk, _, _)) = h {
+                    if best.is_none_or(|b| heads[b].as_ref().is_some_and(|x| *pk < x.0)) {
+                        best = Some(i);
+                    }
+                }
+            }
+            let Some(i) = best else { break };
+            if let Some((_, seq, ev)) = heads[i].take() {
+                out.push((cursors[i].0, seq, ev));
+            }
+            heads[i] = cursors[i].1.next();
+        }
+        Ok(ReadPage { rows: out, more })
+    }
+
+    /// Heads and retention floors of these channels (missing ids are omitted).
+    pub async fn heads(&self, channels: &[i64]) -> Result<Vec<ChannelHead>, LogError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(HEADS).await?;
+        let rows = client.query(&stmt, &[&channels]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| ChannelHead {
+                channel: r.get(0),
+                head: r.get(1),
+                floor: r.get(2),
+            })
+            .collect())
+    }
+
+    /// For each `(channel, since)`, the position just before the first entry
+    /// appended at or after `since` (`None` when there is none: start at head).
+    pub async fn lookback_starts(
+        &self,
+        windows: &[(i64, DateTime<Utc>)],
+    ) -> Result<HashMap<i64, Option<i64>>, LogError> {
+        if windows.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let chs: Vec<i64> = windows.iter().map(|w| w.0).collect();
+        let since: Vec<DateTime<Utc>> = windows.iter().map(|w| w.1).collect();
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(LOOKBACK_START).await?;
+        let rows = client.query(&stmt, &[&chs, &since]).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let first: Option<i64> = r.get(1);
+                (r.get::<_, i64>(0), first.map(|s| s - 1))
+            })
+            .collect())
+    }
+
+    /// Deletes up to `limit` expired events and their entries; returns how
+    /// many events were deleted.
+    pub async fn sweep_expired(&self, limit: i64) -> Result<u64, LogError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(SWEEP).await?;
+        let row = client.query_one(&stmt, &[&limit]).await?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// The underlying pool (tests and tooling).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+}

@@ -1,0 +1,1 @@
+SELECT id, key FROM channels WHERE key = ANY($1::text[])

@@ -1,0 +1,1 @@
+SELECT event_id FROM events WHERE event_id = ANY($1::text[])

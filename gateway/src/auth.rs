@@ -1,0 +1,248 @@
+//! JWT authentication of clients: HS256 with a shared secret, RS256 / ES256
+//! with a PEM public key. Claims: `sub` (required), `exp` (required),
+//! `tenant`, `products` ("Product Codes"), `features` ("Feature Names").
+//!
+//! Invariant: the algorithm is never taken from the token alone: a token is
+//! checked only with a key configured for exactly its `alg`, so `alg: none`
+//! and HS256-signed-with-the-public-key confusion are refused.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use std::sync::Arc;
+use switchyard_channels::Entitlements;
+
+/// Longest token accepted, in bytes.
+pub const MAX_TOKEN_BYTES: usize = 8192;
+
+/// Who a connection is.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: Arc<str>,
+    /// Expiry, seconds since the epoch.
+    pub exp: u64,
+    pub entitlements: Entitlements,
+}
+
+/// Why a token was refused; `reason()` is the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token: send Authorization: Bearer <jwt> or ?access_token=<jwt>")]
+    Missing,
+    #[error("token is longer than {MAX_TOKEN_BYTES} bytes")]
+    TooLong,
+    #[error("token is not a well-formed JWT: {0}")]
+    Malformed(String),
+    #[error("token algorithm {0} is not accepted by this gateway")]
+    Algorithm(String),
+    #[error("token has expired")]
+    Expired,
+    #[error("token signature is invalid")]
+    Signature,
+    #[error("token claims are invalid: {0}")]
+    Claims(String),
+}
+
+impl AuthError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::TooLong => "too_long",
+            AuthError::Malformed(_) => "malformed",
+            AuthError::Algorithm(_) => "algorithm",
+            AuthError::Expired => "expired",
+            AuthError::Signature => "signature",
+            AuthError::Claims(_) => "claims",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    products: Vec<String>,
+    #[serde(default)]
+    features: Vec<String>,
+}
+
+/// Verifies tokens against the configured keys.
+#[derive(Clone)]
+pub struct Authenticator {
+    keys: Arc<Vec<(Algorithm, DecodingKey)>>,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let algs: Vec<_> = self.keys.iter().map(|k| k.0).collect();
+        f.debug_struct("Authenticator").field("algorithms", &algs).finish()
+    }
+}
+
+impl Authenticator {
+    /// Builds from the configured secret and/or PEM public key.
+    pub fn new(
+        hs256_secret: Option<&str>,
+        public_key_pem: Option<&str>,
+        issuer: Option<String>,
+        audience: Option<String>,
+    ) -> Result<Self, String> {
+        let mut keys = Vec::new();
+        if let Some(s) = hs256_secret {
+            keys.push((Algorithm::HS256, DecodingKey::from_secret(s.as_bytes())));
+        }
+        if let Some(pem) = public_key_pem {
+            if let Ok(k) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
+                keys.push((Algorithm::RS256, k));
+            } else if let Ok(k) = DecodingKey::from_ec_pem(pem.as_bytes()) {
+                keys.push((Algorithm::ES256, k));
+            } else {
+                return Err("SWITCHYARD_JWT_PUBLIC_KEY is neither an RSA nor an EC (P-256) PEM public key".into());
+            }
+        }
+        if keys.is_empty() {
+            return Err("no JWT key configured".into());
+        }
+        Ok(Authenticator {
+            keys: Arc::new(keys),
+            issuer,
+            audience,
+        })
+    }
+
+    /// Verifies `token` and returns the identity it carries.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::TooLong);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| {
+            // `alg: none` (and any algorithm jsonwebtoken does not know)
+            // fails here, before any key is consulted.
+            AuthError::Malformed(e.to_string())
+        })?;
+        let Some((alg, key)) = self.keys.iter().find(|(a, _)| *a == header.alg) else {
+            return Err(AuthError::Algorithm(format!("{:?}", header.alg)));
+        };
+        let mut v = Validation::new(*alg);
+        v.set_required_spec_claims(&["exp", "sub"]);
+        v.leeway = 5;
+        match &self.issuer {
+            Some(i) => v.set_issuer(&[i]),
+            None => v.iss = None,
+        }
+        match &self.audience {
+            Some(a) => v.set_audience(&[a]),
+            None => v.validate_aud = false,
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::ExpiredSignature => AuthError::Expired,
+                K::InvalidSignature => AuthError::Signature,
+                K::InvalidIssuer | K::InvalidAudience | K::MissingRequiredClaim(_) | K::Json(_) => {
+                    AuthError::Claims(e.to_string())
+                }
+                _ => AuthError::Malformed(e.to_string()),
+            }
+        })?;
+        let c = data.claims;
+        if c.sub.is_empty() || c.sub.len() > 256 {
+            return Err(AuthError::Claims("sub must be 1..=256 bytes".into()));
+        }
+        if c.products.len() > 1000 || c.features.len() > 1000 {
+            return Err(AuthError::Claims("at most 1000 products and features".into()));
+        }
+        Ok(Identity {
+            user: c.sub.into(),
+            exp: c.exp,
+            entitlements: Entitlements {
+                tenant: c.tenant.filter(|t| !t.is_empty()),
+                products: c.products,
+                features: c.features,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn token(claims: serde_json::Value, secret: &str) -> String {
+        encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+    }
+
+    fn auth() -> Authenticator {
+        Authenticator::new(Some(SECRET), None, None, None).unwrap()
+    }
+
+    #[test]
+    fn accepts_a_good_token() {
+        let t = token(
+            serde_json::json!({"sub":"u-1","exp":now()+60,"products":["CHLT"],"tenant":"acme"}),
+            SECRET,
+        );
+        let id = auth().verify(&t).unwrap();
+        assert_eq!(&*id.user, "u-1");
+        assert_eq!(id.entitlements.products, vec!["CHLT"]);
+        assert_eq!(id.entitlements.tenant.as_deref(), Some("acme"));
+    }
+
+    #[test]
+    fn refuses_bad_tokens() {
+        let a = auth();
+        let expired = token(serde_json::json!({"sub":"u","exp":now()-120}), SECRET);
+        assert!(matches!(a.verify(&expired), Err(AuthError::Expired)));
+        let forged = token(serde_json::json!({"sub":"u","exp":now()+60}), "another-secret-of-enough-length");
+        assert!(matches!(a.verify(&forged), Err(AuthError::Signature)));
+        let no_sub = token(serde_json::json!({"exp":now()+60}), SECRET);
+        assert!(matches!(a.verify(&no_sub), Err(AuthError::Claims(_))));
+        let no_exp = token(serde_json::json!({"sub":"u"}), SECRET);
+        assert!(matches!(a.verify(&no_exp), Err(AuthError::Claims(_))));
+        assert!(matches!(a.verify("garbage"), Err(AuthError::Malformed(_))));
+        assert!(matches!(a.verify(""), Err(AuthError::Missing)));
+        // alg: none
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let none = format!(
+            "{}.{}.",
+            b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(format!(r#"{{"sub":"u","exp":{}}}"#, now() + 60))
+        );
+        assert!(a.verify(&none).is_err());
+        // An algorithm with no configured key.
+        let hs384 = encode(
+            &Header::new(Algorithm::HS384),
+            &serde_json::json!({"sub":"u","exp":now()+60}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert!(matches!(a.verify(&hs384), Err(AuthError::Algorithm(_))));
+    }
+
+    #[test]
+    fn issuer_and_audience_are_checked_when_set() {
+        let a = Authenticator::new(Some(SECRET), None, Some("iss".into()), Some("aud".into())).unwrap();
+        let good = token(serde_json::json!({"sub":"u","exp":now()+60,"iss":"iss","aud":"aud"}), SECRET);
+        assert!(a.verify(&good).is_ok());
+        let bad = token(serde_json::json!({"sub":"u","exp":now()+60,"iss":"other","aud":"aud"}), SECRET);
+        assert!(matches!(a.verify(&bad), Err(AuthError::Claims(_))));
+    }
+}

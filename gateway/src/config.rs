@@ -1,0 +1,149 @@
+//! The gateway's configuration, loaded once at start.
+//!
+//! Invariant: every value is validated here with an error naming the
+//! variable; a gateway without any JWT key refuses to start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use switchyard_ops::config::{ConfigError, Source};
+
+/// Typed gateway configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub postgres_url: String,
+    pub pg_pool_size: usize,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    pub topology: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub jwt_hs256_secret: Option<String>,
+    pub jwt_public_key_pem: Option<String>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    /// Allowed `Origin` values for browser clients; empty = any.
+    pub allowed_origins: Vec<String>,
+    pub lookback_tz: chrono_tz::Tz,
+    /// Largest client frame accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Outbound frames queued per connection before it is treated as slow.
+    pub outbound_queue: usize,
+    pub max_subscriptions: usize,
+    /// Client frames per second (token bucket refill) and burst.
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    /// Window over which drain spreads reconnect delays.
+    pub drain: Duration,
+    /// Period of the head check that heals lost Redis publishes.
+    pub head_check: Duration,
+    /// Rows per replay read.
+    pub replay_page: i64,
+    /// Concurrent catch-up reads against PostgreSQL.
+    pub catchup_concurrency: usize,
+    /// Largest payload a client may publish.
+    pub max_publish_bytes: usize,
+    /// Default retention for client-published events (minutes).
+    pub retention: Duration,
+}
+
+impl GatewayConfig {
+    pub fn from_source(s: &Source) -> Result<Self, ConfigError> {
+        let tz_name = s.string_or("SWITCHYARD_LOOKBACK_TZ", "UTC");
+        let lookback_tz: chrono_tz::Tz = tz_name.parse().map_err(|_| ConfigError::Invalid {
+            var: "SWITCHYARD_LOOKBACK_TZ".into(),
+            value: tz_name.clone(),
+            reason: "expected an IANA time zone such as UTC or Europe/Berlin".into(),
+        })?;
+        let jwt_hs256_secret = s.get("SWITCHYARD_JWT_HS256_SECRET").map(str::to_owned);
+        let jwt_public_key_pem = match s.get("SWITCHYARD_JWT_PUBLIC_KEY") {
+            None => None,
+            Some(v) if v.contains("-----BEGIN") => Some(v.to_owned()),
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                var: "SWITCHYARD_JWT_PUBLIC_KEY".into(),
+                value: path.to_owned(),
+                reason: format!("neither a PEM key nor a readable file: {e}"),
+            })?),
+        };
+        if jwt_hs256_secret.is_none() && jwt_public_key_pem.is_none() {
+            return Err(ConfigError::Missing {
+                var: "SWITCHYARD_JWT_HS256_SECRET or SWITCHYARD_JWT_PUBLIC_KEY".into(),
+                hint: "set a shared HS256 secret, or a PEM public key (RS256/ES256) or its path".into(),
+            });
+        }
+        if let Some(secret) = &jwt_hs256_secret {
+            if secret.len() < 16 {
+                return Err(ConfigError::Invalid {
+                    var: "SWITCHYARD_JWT_HS256_SECRET".into(),
+                    value: "<hidden>".into(),
+                    reason: "use at least 16 bytes of secret".into(),
+                });
+            }
+        }
+        Ok(GatewayConfig {
+            postgres_url: s.required(
+                "SWITCHYARD_POSTGRES_URL",
+                "a PostgreSQL URL such as postgres://postgres@127.0.0.1:5432/switchyard",
+            )?,
+            pg_pool_size: s.parse_or("SWITCHYARD_PG_POOL_SIZE", 16)?,
+            redis_url: s.required("SWITCHYARD_REDIS_URL", "a Redis URL such as redis://127.0.0.1:6379")?,
+            redis_prefix: s.string_or("SWITCHYARD_REDIS_PREFIX", "switchyard"),
+            topology: PathBuf::from(s.required(
+                "SWITCHYARD_TOPOLOGY",
+                "the path of the topology file (JSON or YAML)",
+            )?),
+            listen: s.socket_addr_or("SWITCHYARD_LISTEN", "0.0.0.0:8080")?,
+            admin_listen: s.socket_addr_or("SWITCHYARD_ADMIN_LISTEN", "0.0.0.0:9091")?,
+            jwt_hs256_secret,
+            jwt_public_key_pem,
+            jwt_issuer: s.get("SWITCHYARD_JWT_ISSUER").map(str::to_owned),
+            jwt_audience: s.get("SWITCHYARD_JWT_AUDIENCE").map(str::to_owned),
+            allowed_origins: s.list_or("SWITCHYARD_ALLOWED_ORIGINS", ""),
+            lookback_tz,
+            max_frame_bytes: s.parse_or("SWITCHYARD_MAX_FRAME_BYTES", 64 * 1024)?,
+            outbound_queue: s.parse_or("SWITCHYARD_OUTBOUND_QUEUE", 1024)?,
+            max_subscriptions: s.parse_or("SWITCHYARD_MAX_SUBSCRIPTIONS", 64)?,
+            rate_per_sec: s.parse_or("SWITCHYARD_CLIENT_RATE", 50)?,
+            rate_burst: s.parse_or("SWITCHYARD_CLIENT_BURST", 200)?,
+            drain: Duration::from_secs(s.parse_or("SWITCHYARD_DRAIN_SECONDS", 20)?),
+            head_check: s.millis_or("SWITCHYARD_HEAD_CHECK_MS", 2000)?,
+            replay_page: s.parse_or("SWITCHYARD_REPLAY_PAGE", 1000)?,
+            catchup_concurrency: s.parse_or("SWITCHYARD_CATCHUP_CONCURRENCY", 32)?,
+            max_publish_bytes: s.parse_or("SWITCHYARD_MAX_PUBLISH_BYTES", 32 * 1024)?,
+            retention: Duration::from_secs(60 * s.parse_or::<u64>("SWITCHYARD_RETENTION_MINUTES", 1440)?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("SWITCHYARD_POSTGRES_URL", "postgres://x"),
+            ("SWITCHYARD_REDIS_URL", "redis://x"),
+            ("SWITCHYARD_TOPOLOGY", "/t.json"),
+            ("SWITCHYARD_JWT_HS256_SECRET", "0123456789abcdef0123"),
+        ]
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = GatewayConfig::from_source(&Source::from_map(base())).unwrap();
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.admin_listen.port(), 9091);
+    }
+
+    #[test]
+    fn a_jwt_key_is_required() {
+        let mut v = base();
+        v.retain(|(k, _)| *k != "SWITCHYARD_JWT_HS256_SECRET");
+        let e = GatewayConfig::from_source(&Source::from_map(v)).unwrap_err();
+        assert!(e.to_string().contains("SWITCHYARD_JWT_HS256_SECRET"), "{e}");
+        let mut v = base();
+        v.push(("SWITCHYARD_JWT_PUBLIC_KEY", "/nonexistent/key.pem"));
+        let e = GatewayConfig::from_source(&Source::from_map(v)).unwrap_err();
+        assert!(e.to_string().contains("SWITCHYARD_JWT_PUBLIC_KEY"), "{e}");
+    }
+}

@@ -1,0 +1,33 @@
+//! `switchyard-gateway` entry point: parse configuration, start telemetry,
+//! serve until SIGTERM/SIGINT, then drain.
+
+use std::process::ExitCode;
+use std::time::Duration;
+use switchyard_gateway::config::GatewayConfig;
+
+const EX_USAGE: u8 = 64;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _telemetry = switchyard_ops::telemetry::init_tracing("switchyard-gateway");
+    let cfg = match switchyard_ops::config::Source::from_env()
+        .and_then(|s| GatewayConfig::from_source(&s))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("switchyard-gateway: configuration error: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let running = match switchyard_gateway::start(cfg).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "gateway failed to start");
+            eprintln!("switchyard-gateway: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    switchyard_ops::shutdown::signal().await;
+    running.shutdown(Duration::from_secs(10)).await;
+    ExitCode::SUCCESS
+}
