@@ -455,20 +455,14 @@ fn content_type_header(msg: &OwnedMessage) -> Option<String> {
 }
 
 type Poisoned = Vec<(String, String)>;
+type AppendFuture<'a> = std::pin::Pin<
+    Box<dyn Future<Output = Result<(switchyard_cursorlog::AppendOutcome, Poisoned), LogError>> + Send + 'a>,
+>;
 
 /// Appends `events`; when PostgreSQL rejects the batch for a reason retrying
 /// cannot fix, splits it to isolate the offending events (returned as
 /// poisoned, for the DLQ) and appends the rest in order.
-fn append_resilient(
-    log: &CursorLog,
-    events: Vec<NewEvent>,
-) -> std::pin::Pin<
-    Box<
-        dyn Future<Output = Result<(switchyard_cursorlog::AppendOutcome, Poisoned), LogError>>
-            + Send
-            + '_,
-    >,
-> {
+fn append_resilient(log: &CursorLog, events: Vec<NewEvent>) -> AppendFuture<'_> {
     Box::pin(async move {
         match log.append_batch(&events).await {
             Ok(o) => Ok((o, Vec::new())),

@@ -123,6 +123,28 @@ pub fn is_json_content_type(ct: &str) -> bool {
         || base.to_ascii_lowercase().ends_with("+json")
 }
 
+/// When an event appended at `now` to `channels` expires: the longest of the
+/// default retention, each channel's lookback window and each channel's own
+/// retention.
+pub fn expires_at(
+    channels: &[switchyard_channels::ResolvedChannel],
+    now: chrono::DateTime<chrono::Utc>,
+    default_retention: std::time::Duration,
+    tz: chrono_tz::Tz,
+) -> chrono::DateTime<chrono::Utc> {
+    let span = |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or_default();
+    let mut at = now + span(default_retention);
+    for c in channels {
+        if let Some(lb) = c.lookback {
+            at = at.max(lb.expires_at(now, tz));
+        }
+        if let Some(r) = c.retention {
+            at = at.max(now + span(r));
+        }
+    }
+    at
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,26 +175,4 @@ mod tests {
         assert!(is_json_content_type(""));
         assert!(!is_json_content_type("application/octet-stream"));
     }
-}
-
-/// When an event appended at `now` to `channels` expires: the longest of the
-/// default retention, each channel's lookback window and each channel's own
-/// retention.
-pub fn expires_at(
-    channels: &[switchyard_channels::ResolvedChannel],
-    now: chrono::DateTime<chrono::Utc>,
-    default_retention: std::time::Duration,
-    tz: chrono_tz::Tz,
-) -> chrono::DateTime<chrono::Utc> {
-    let span = |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or_default();
-    let mut at = now + span(default_retention);
-    for c in channels {
-        if let Some(lb) = c.lookback {
-            at = at.max(lb.expires_at(now, tz));
-        }
-        if let Some(r) = c.retention {
-            at = at.max(now + span(r));
-        }
-    }
-    at
 }

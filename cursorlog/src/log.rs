@@ -401,25 +401,23 @@ impl CursorLog {
         }
         let more = lists.values().any(|l| l.len() as i64 >= limit);
         // k-way merge by append order (pk), keeping each list's own order.
-        let mut cursors: Vec<(i64, std::vec::IntoIter<(i64, i64, Arc<LogEvent>)>)> =
-            lists.into_iter().map(|(ch, l)| (ch, l.into_iter())).collect();
-        let mut heads: Vec<Option<(i64, i64, Arc<LogEvent>)>> =
-            cursors.iter_mut().map(|(_, it)| it.next()).collect();
+        type Row = (i64, i64, Arc<LogEvent>);
+        let mut queues: Vec<(i64, std::collections::VecDeque<Row>)> = lists
+            .into_iter()
+            .map(|(ch, l)| (ch, l.into()))
+            .collect();
         let mut out = Vec::with_capacity(rows.len());
         loop {
-            let mut best: Option<usize> = None;
-            for (i, h) in heads.iter().enumerate() {
-                if let Some((pk, _, _)) = h {
-                    if best.is_none_or(|b| heads[b].as_ref().is_some_and(|x| *pk < x.0)) {
-                        best = Some(i);
-                    }
-                }
+            let next = queues
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (_, q))| q.front().map(|r| (r.0, i)))
+                .min();
+            let Some((_, i)) = next else { break };
+            let ch = queues[i].0;
+            if let Some((_, seq, ev)) = queues[i].1.pop_front() {
+                out.push((ch, seq, ev));
             }
-            let Some(i) = best else { break };
-            if let Some((_, seq, ev)) = heads[i].take() {
-                out.push((cursors[i].0, seq, ev));
-            }
-            heads[i] = cursors[i].1.next();
         }
         Ok(ReadPage { rows: out, more })
     }

@@ -35,6 +35,9 @@ use tokio_util::sync::CancellationToken;
 /// Identifies a subscription on this node.
 pub type SubId = u64;
 
+/// Per-channel positions `(channel id, last handled seq)`.
+pub type Positions = Vec<(i64, i64)>;
+
 /// Everything a shard needs to know about a subscription.
 #[derive(Debug, Clone)]
 pub struct SubSpec {
@@ -75,7 +78,7 @@ pub(crate) enum Command {
     },
     Remove {
         id: SubId,
-        reply: Option<oneshot::Sender<Option<Vec<(i64, i64)>>>>,
+        reply: Option<oneshot::Sender<Option<Positions>>>,
     },
 }
 

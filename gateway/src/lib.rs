@@ -199,7 +199,7 @@ impl Running {
     /// end (at most `grace`), then stop background tasks.
     pub async fn shutdown(self, grace: Duration) {
         self.node.draining.store(true, Ordering::Relaxed);
-        metrics::gauge!(crate::metrics::DRAINING).set(1.0);
+        ::metrics::gauge!(crate::metrics::DRAINING).set(1.0);
         self.stop_accepting.cancel();
         self.drain.cancel();
         self.tracker.close();

@@ -26,7 +26,7 @@ const MAX_MESSAGES: usize = 1000;
 pub(crate) async fn handle(req: Request<Incoming>, node: Arc<Node>, drain: CancellationToken) -> Response<Body> {
     let identity = match authenticate(&node, &req) {
         Ok(i) => i,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let query = req.uri().query().unwrap_or("");
     let Some(topic) = query_param(query, "topic").filter(|t| !t.is_empty()) else {

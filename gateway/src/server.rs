@@ -75,7 +75,7 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub(crate) fn authenticate(node: &Node, req: &Request<Incoming>) -> Result<Identity, Response<Body>> {
+pub(crate) fn authenticate(node: &Node, req: &Request<Incoming>) -> Result<Identity, Box<Response<Body>>> {
     let verified = match token_of(req) {
         None => Err(AuthError::Missing),
         Some(t) => node.auth.verify(&t),
@@ -83,7 +83,7 @@ pub(crate) fn authenticate(node: &Node, req: &Request<Incoming>) -> Result<Ident
     verified.map_err(|e| {
         metrics::counter!(m::AUTH_FAILURES, "reason" => e.reason()).increment(1);
         metrics::counter!(m::CONNECTIONS_TOTAL, "result" => "unauthorized").increment(1);
-        json_error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string())
+        Box::new(json_error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()))
     })
 }
 
@@ -171,7 +171,7 @@ fn upgrade(
     }
     let identity = match authenticate(&node, &req) {
         Ok(i) => i,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let offered: Vec<String> = req
         .headers()

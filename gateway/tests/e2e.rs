@@ -3,6 +3,8 @@
 //! binaries. Each test starts its own stack (fresh database, topics, Redis
 //! prefix, ports), so they run in parallel and never collide.
 
+#![allow(clippy::unwrap_used)]
+
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -292,7 +294,7 @@ async fn redis_restart_loses_nothing() {
 /// nobody else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors() {
-    use switchyard_testkit::{token_with, Connect};
+    use switchyard_testkit::Connect;
     let s = stack().await;
     let url = s.gateway(0).ws_url();
     // A bystander keeps receiving throughout.

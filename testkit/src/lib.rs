@@ -458,7 +458,6 @@ impl GatewayNode {
 }
 
 /// A whole Switchyard deployment for one test.
-#[derive(Debug)]
 pub struct Stack {
     pub dir: PathBuf,
     pub broker: Broker,
@@ -474,6 +473,16 @@ pub struct Stack {
     pub gateways: Vec<GatewayNode>,
     env: Vec<(String, String)>,
     producer: FutureProducer,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("dir", &self.dir)
+            .field("db", &self.db.name)
+            .field("events_topic", &self.events_topic)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Stack {
@@ -668,7 +677,7 @@ impl std::fmt::Debug for Client {
 /// How a connection attempt ended.
 #[derive(Debug)]
 pub enum Connect {
-    Open(Client),
+    Open(Box<Client>),
     /// HTTP status and body of a refused upgrade.
     Refused(u16, String),
 }
@@ -677,7 +686,7 @@ impl Client {
     /// Connects with `?access_token=` and waits for `welcome`.
     pub async fn connect(url: &str, token: &str) -> anyhow::Result<Client> {
         match Self::try_connect(&format!("{url}?access_token={token}"), None).await? {
-            Connect::Open(c) => Ok(c),
+            Connect::Open(c) => Ok(*c),
             Connect::Refused(code, body) => bail!("connection refused: {code} {body}"),
         }
     }
@@ -699,7 +708,7 @@ impl Client {
                 if w["type"] != "welcome" {
                     bail!("expected welcome, got {w}");
                 }
-                Ok(Connect::Open(c))
+                Ok(Connect::Open(Box::new(c)))
             }
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let body = resp
