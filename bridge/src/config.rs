@@ -21,6 +21,10 @@ pub struct BridgeConfig {
     pub kafka_brokers: String,
     pub kafka_topics: Vec<String>,
     pub kafka_group: String,
+    /// Static group membership (`group.instance.id`): a restarted bridge with
+    /// the same id takes its partitions back at once instead of waiting for
+    /// the dead member's session to expire.
+    pub kafka_instance_id: Option<String>,
     pub dlq_topic: String,
     /// Extra librdkafka properties (`SWITCHYARD_KAFKA_OPTIONS=k=v,k=v`), e.g. SASL/TLS.
     pub kafka_options: Vec<(String, String)>,
@@ -88,6 +92,7 @@ impl BridgeConfig {
             )?,
             kafka_topics,
             kafka_group: s.string_or("SWITCHYARD_KAFKA_GROUP", "switchyard-bridge"),
+            kafka_instance_id: s.get("SWITCHYARD_KAFKA_INSTANCE_ID").map(str::to_owned),
             dlq_topic: s.string_or("SWITCHYARD_KAFKA_DLQ_TOPIC", "switchyard.events.dlq"),
             kafka_options,
             admin_listen: s.socket_addr_or("SWITCHYARD_ADMIN_LISTEN", "0.0.0.0:9090")?,

@@ -83,7 +83,11 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
         .await
         .context("connecting to Redis (SWITCHYARD_REDIS_URL)")?;
 
-    let consumer: StreamConsumer<BridgeContext> = kafka_config(&cfg)
+    let mut consumer_cfg = kafka_config(&cfg);
+    if let Some(id) = &cfg.kafka_instance_id {
+        consumer_cfg.set("group.instance.id", id);
+    }
+    let consumer: StreamConsumer<BridgeContext> = consumer_cfg
         .set("group.id", &cfg.kafka_group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "500")

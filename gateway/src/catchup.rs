@@ -2,9 +2,10 @@
 //! asks its dispatcher shard to switch it to live delivery.
 //!
 //! The replay reads every channel of the subscription after the
-//! subscription's own positions, in per-channel order, skipping events that
-//! already reached it through another channel and user-targeted events for
-//! other users (their positions still advance). It reads until it reaches the
+//! subscription's own positions and orders the rows with
+//! [`crate::replay::plan_page`]; events that already reached the subscriber
+//! through another channel, and user-targeted events for other users, are
+//! skipped (their positions still advance). It reads until it reaches the
 //! log's head, then asks to go live; the shard accepts only when the positions
 //! equal what it has delivered live, otherwise the task reads again.
 //!
@@ -18,7 +19,8 @@ use crate::protocol;
 use crate::session::Outbound;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use switchyard_cursorlog::LogEvent;
+use crate::replay::{plan_page, Action};
+use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 /// A subscription's replay positions, shared with its shard.
@@ -46,115 +48,63 @@ pub(crate) struct CatchupJob {
     pub progress: Arc<Progress>,
 }
 
-fn pos_of(positions: &[(i64, i64)], ch: i64) -> Option<i64> {
-    positions.iter().find(|p| p.0 == ch).map(|p| p.1)
-}
-
-/// Applies replay row `(ch, seq, ev)` to `positions` (advancing `ch`) and
-/// says whether the event must be delivered: not when the row is already
-/// behind the position, when the event reached the subscriber earlier through
-/// another of its channels, or when it targets another user.
-pub(crate) fn advance(
-    positions: &mut [(i64, i64)],
-    ch: i64,
-    seq: i64,
-    ev: &LogEvent,
-    user: &str,
-) -> bool {
-    let Some(idx) = positions.iter().position(|p| p.0 == ch) else {
-        return false;
-    };
-    if seq <= positions[idx].1 {
-        return false;
-    }
-    let earlier = ev.entries.iter().any(|e| {
-        e.channel != ch && e.seq > 0 && pos_of(positions, e.channel).is_some_and(|p| e.seq <= p)
-    });
-    positions[idx].1 = seq;
-    let for_other_user = ev.user_id.as_deref().is_some_and(|u| u != user);
-    !(earlier || for_other_user)
-}
-
 /// Runs a catch-up to completion (live), cancellation, or the connection's end.
 pub(crate) async fn run(shared: Arc<Shared>, shard: mpsc::Sender<Command>, job: CatchupJob) {
     let started = Instant::now();
     let spec = &job.spec;
     let mut backoff = Duration::from_millis(50);
     let mut replayed = 0u64;
+    let mut ahead_tries = 0u32;
+    let mut read = true;
     loop {
         if spec.cancel.is_cancelled() {
             return;
         }
-        // Read until the head.
-        let permit = tokio::select! {
-            _ = spec.cancel.cancelled() => return,
-            p = shared.catchup_permits.acquire() => match p { Ok(p) => p, Err(_) => return },
-        };
-        loop {
-            let positions = job.progress.snapshot().await;
-            let page = match shared
-                .log
-                .read_after(&positions, None, shared.replay_page)
-                .await
-            {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::debug!(error = %e, topic = %spec.topic, "replay read failed; retrying");
-                    tokio::select! {
-                        _ = spec.cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
-                }
+        if read {
+            let permit = tokio::select! {
+                _ = spec.cancel.cancelled() => return,
+                p = shared.catchup_permits.acquire() => match p { Ok(p) => p, Err(_) => return },
             };
-            backoff = Duration::from_millis(50);
-            let more = page.more;
-            for (ch, seq, ev) in page.rows {
-                let mut guard = job.progress.positions.lock().await;
-                if spec.cancel.is_cancelled() {
-                    return;
-                }
-                let Some(idx) = guard.iter().position(|p| p.0 == ch) else {
-                    continue;
-                };
-                let before = guard[idx].1;
-                if !advance(&mut guard, ch, seq, &ev, &spec.user) {
-                    continue;
-                }
-                let cursor = switchyard_cursorlog::cursor::encode_parts(
-                    &shared.epoch,
-                    guard.iter().copied(),
-                );
-                let frame = protocol::encode_message(spec.protocol, &ev, &cursor);
-                // Never hold the lock on a blocked client past cancellation:
-                // the shard reads these positions when it removes us.
-                tokio::select! {
-                    r = spec.tx.send(Outbound::Frame(frame)) => {
-                        if r.is_err() {
-                            guard[idx].1 = before;
-                            spec.cancel.cancel();
-                            return;
+            // Read until the head.
+            loop {
+                let positions = job.progress.snapshot().await;
+                let page = match shared.log.read_after(&positions, None, shared.replay_page).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::debug!(error = %e, topic = %spec.topic, "replay read failed; retrying");
+                        tokio::select! {
+                            _ = spec.cancel.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
                         }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        continue;
                     }
-                    _ = spec.cancel.cancelled() => {
-                        guard[idx].1 = before;
-                        return;
+                };
+                backoff = Duration::from_millis(50);
+                let mut pos: HashMap<i64, i64> = positions.iter().copied().collect();
+                let actions = plan_page(&page.rows, &mut pos);
+                let progressed = !actions.is_empty();
+                for action in actions {
+                    match deliver(&shared, spec, &job.progress, action).await {
+                        Flow::Sent => replayed += 1,
+                        Flow::Skipped => {}
+                        Flow::Stop => return,
                     }
                 }
-                replayed += 1;
+                if !page.more || !progressed {
+                    break;
+                }
             }
-            if !more {
-                break;
-            }
+            drop(permit);
         }
-        drop(permit);
         let (tx, rx) = oneshot::channel();
         let positions = job.progress.snapshot().await;
+        let force = ahead_tries >= AHEAD_TRIES;
         if shard
             .send(Command::GoLive {
                 id: spec.id,
                 positions,
+                force,
                 reply: tx,
             })
             .await
@@ -172,58 +122,76 @@ pub(crate) async fn run(shared: Arc<Shared>, shard: mpsc::Sender<Command>, job: 
                 return;
             }
             Ok(GoLive::NotYet) => {
+                read = true;
+                ahead_tries = 0;
                 tokio::task::yield_now().await;
+            }
+            Ok(GoLive::Ahead) => {
+                // Redis is behind what we read from PostgreSQL; give it a
+                // moment before making the node backfill.
+                read = false;
+                ahead_tries += 1;
+                tokio::select! {
+                    _ = spec.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+                }
             }
             Ok(GoLive::Gone) | Err(_) => return,
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use bytes::Bytes;
-    use switchyard_cursorlog::Entry;
+/// Attempts at going live while Redis lags before forcing a node backfill.
+const AHEAD_TRIES: u32 = 20;
 
-    fn ev(entries: &[(i64, i64)], user: Option<&str>) -> LogEvent {
-        LogEvent {
-            event_id: "e".into(),
-            topic: "T".into(),
-            tenant: String::new(),
-            user_id: user.map(Into::into),
-            payload: Bytes::new(),
-            content_type: "application/json".into(),
-            created_at_ms: 0,
-            entries: entries
-                .iter()
-                .map(|&(channel, seq)| Entry { channel, seq })
-                .collect(),
+enum Flow {
+    Sent,
+    Skipped,
+    Stop,
+}
+
+/// Applies one planned action to the subscription's progress, sending the
+/// message when the subscriber should see it.
+async fn deliver(shared: &Shared, spec: &SubSpec, progress: &Progress, action: Action) -> Flow {
+    let mut guard = progress.positions.lock().await;
+    if spec.cancel.is_cancelled() {
+        return Flow::Stop;
+    }
+    let (event, fresh, earlier) = match action {
+        Action::Jump { channel, to } => {
+            if let Some(p) = guard.iter_mut().find(|p| p.0 == channel) {
+                p.1 = to;
+            }
+            return Flow::Skipped;
+        }
+        Action::Event { event, fresh, earlier } => (event, fresh, earlier),
+    };
+    let before = guard.clone();
+    for (ch, seq) in &fresh {
+        if let Some(p) = guard.iter_mut().find(|p| p.0 == *ch) {
+            p.1 = *seq;
         }
     }
-
-    #[test]
-    fn an_event_in_two_channels_is_delivered_once() {
-        let e = ev(&[(1, 5), (2, 9)], None);
-        let mut pos = vec![(1, 4), (2, 8)];
-        assert!(advance(&mut pos, 1, 5, &e, "u"));
-        assert!(!advance(&mut pos, 2, 9, &e, "u"));
-        assert_eq!(pos, vec![(1, 5), (2, 9)]);
-        // Reached through channel 2 first while channel 1 lags.
-        let mut pos = vec![(1, 3), (2, 8)];
-        assert!(advance(&mut pos, 2, 9, &e, "u"));
-        let other = ev(&[(1, 4)], None);
-        assert!(advance(&mut pos, 1, 4, &other, "u"));
-        assert!(!advance(&mut pos, 1, 5, &e, "u"));
-        assert_eq!(pos, vec![(1, 5), (2, 9)]);
+    let for_other_user = event.user_id.as_deref().is_some_and(|u| u != &*spec.user);
+    if earlier || for_other_user {
+        return Flow::Skipped;
     }
-
-    #[test]
-    fn rows_behind_the_position_and_other_users_events_are_skipped() {
-        let mut pos = vec![(1, 10)];
-        assert!(!advance(&mut pos, 1, 10, &ev(&[(1, 10)], None), "u"));
-        assert!(!advance(&mut pos, 1, 11, &ev(&[(1, 11)], Some("v")), "u"));
-        assert_eq!(pos, vec![(1, 11)], "skipped events still advance the position");
-        assert!(advance(&mut pos, 1, 12, &ev(&[(1, 12)], Some("u")), "u"));
-        assert!(!advance(&mut pos, 7, 1, &ev(&[(7, 1)], None), "u"), "unknown channel");
+    let cursor = switchyard_cursorlog::cursor::encode_parts(&shared.epoch, guard.iter().copied());
+    let frame = protocol::encode_message(spec.protocol, &event, &cursor);
+    // Never hold the lock on a blocked client past cancellation: the shard
+    // reads these positions when it removes the subscription.
+    tokio::select! {
+        r = spec.tx.send(Outbound::Frame(frame)) => {
+            if r.is_err() {
+                *guard = before;
+                spec.cancel.cancel();
+                return Flow::Stop;
+            }
+            Flow::Sent
+        }
+        _ = spec.cancel.cancelled() => {
+            *guard = before;
+            Flow::Stop
+        }
     }
 }

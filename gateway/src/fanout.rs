@@ -22,6 +22,7 @@
 use crate::catchup::{self, CatchupJob, Progress};
 use crate::metrics as m;
 use crate::protocol::{self, Protocol};
+use crate::replay;
 use crate::session::Outbound;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
@@ -58,6 +59,9 @@ pub enum GoLive {
     Live,
     /// The node has delivered past these positions; read more first.
     NotYet,
+    /// The positions are past what the node has delivered live (Redis is
+    /// behind PostgreSQL): ask again shortly, or with `force` to backfill.
+    Ahead,
     /// The subscription is gone.
     Gone,
 }
@@ -74,6 +78,8 @@ pub(crate) enum Command {
     GoLive {
         id: SubId,
         positions: Vec<(i64, i64)>,
+        /// Backfill the node from PostgreSQL when it is behind the positions.
+        force: bool,
         reply: oneshot::Sender<GoLive>,
     },
     Remove {
@@ -243,11 +249,18 @@ impl Shard {
             };
             match cmd {
                 Command::Live(ev) => self.on_live(ev).await,
-                Command::Resync => self.resync("resync", false).await,
-                Command::HeadCheck => self.resync("head_check", true).await,
+                Command::Resync => {
+                    let _ = self.node_backfill("resync", None).await;
+                }
+                Command::HeadCheck => self.head_check().await,
                 Command::Register { spec, positions } => self.on_register(spec, positions),
-                Command::GoLive { id, positions, reply } => {
-                    let r = self.on_go_live(id, positions).await;
+                Command::GoLive {
+                    id,
+                    positions,
+                    force,
+                    reply,
+                } => {
+                    let r = self.on_go_live(id, positions, force).await;
                     let _ = reply.send(r);
                 }
                 Command::Remove { id, reply } => {
@@ -301,14 +314,14 @@ impl Shard {
         tokio::spawn(catchup::run(self.shared.clone(), self.me.clone(), job));
     }
 
-    async fn on_go_live(&mut self, id: SubId, positions: Vec<(i64, i64)>) -> GoLive {
+    async fn on_go_live(&mut self, id: SubId, positions: Vec<(i64, i64)>, force: bool) -> GoLive {
         let Some(sub) = self.subs.get(&id) else {
             return GoLive::Gone;
         };
         if sub.live || sub.spec.cancel.is_cancelled() {
             return GoLive::Gone;
         }
-        let mut ahead = Vec::new();
+        let mut ahead = false;
         for &(ch, pos) in &positions {
             let Some(st) = self.channels.get_mut(&ch) else {
                 continue;
@@ -316,15 +329,24 @@ impl Shard {
             match st.last_seen {
                 None => st.last_seen = Some(pos),
                 Some(ls) if pos < ls => return GoLive::NotYet,
-                Some(ls) if pos > ls => ahead.push((ch, ls, pos)),
+                Some(ls) if pos > ls => ahead = true,
                 Some(_) => {}
             }
         }
-        // PostgreSQL is ahead of Redis for these channels: bring the node's
-        // live subscribers up to the same point first.
-        for (ch, from, to) in ahead {
-            if self.backfill(ch, from, to, "catchup").await.is_err() {
+        if ahead {
+            if !force {
+                return GoLive::Ahead;
+            }
+            // Redis has not brought what PostgreSQL already has: bring the
+            // node's live subscribers up to date from the log, then compare
+            // again.
+            if self.node_backfill("catchup", None).await.is_err() {
                 return GoLive::NotYet;
+            }
+            for &(ch, pos) in &positions {
+                if self.channels.get(&ch).and_then(|s| s.last_seen) != Some(pos) {
+                    return GoLive::NotYet;
+                }
             }
         }
         let Some(sub) = self.subs.get_mut(&id) else {
@@ -377,38 +399,49 @@ impl Shard {
             .collect()
     }
 
-    async fn on_live(&mut self, ev: Arc<LogEvent>) {
-        let mut fresh: Vec<i64> = Vec::with_capacity(ev.entries.len());
-        let mut ephemeral: Vec<i64> = Vec::new();
-        for e in &ev.entries {
-            if e.seq == 0 {
-                if self.channels.contains_key(&e.channel) {
-                    ephemeral.push(e.channel);
-                }
-                continue;
-            }
+    /// Classifies a live event's entries against `last_seen`: the channels
+    /// where it is next, and whether it is ahead in some channel (a gap).
+    fn classify(&mut self, ev: &LogEvent) -> (Vec<i64>, bool) {
+        let mut fresh = Vec::with_capacity(ev.entries.len());
+        let mut gap = false;
+        for e in ev.entries.iter().filter(|e| e.seq > 0) {
             let Some(st) = self.channels.get_mut(&e.channel) else {
                 continue;
             };
             match st.last_seen {
-                None => {
-                    // No subscriber is live here yet; remember where the
-                    // stream is so catch-ups know how far to read.
-                    st.last_seen = Some(e.seq);
-                    continue;
-                }
-                Some(ls) if e.seq <= ls => continue,
-                Some(ls) if e.seq > ls + 1 => {
-                    if self.backfill(e.channel, ls, e.seq - 1, "gap").await.is_err() {
-                        continue;
-                    }
-                }
+                // No subscriber is live here yet; remember where the stream
+                // is so catch-ups know how far to read.
+                None => st.last_seen = Some(e.seq),
+                Some(ls) if e.seq == ls + 1 => fresh.push(e.channel),
+                Some(ls) if e.seq > ls + 1 => gap = true,
                 Some(_) => {}
             }
-            fresh.push(e.channel);
         }
+        (fresh, gap)
+    }
+
+    async fn on_live(&mut self, ev: Arc<LogEvent>) {
+        let ephemeral: Vec<i64> = ev
+            .entries
+            .iter()
+            .filter(|e| e.seq == 0 && self.channels.contains_key(&e.channel))
+            .map(|e| e.channel)
+            .collect();
         if !ephemeral.is_empty() {
             self.deliver(&ev, &ephemeral);
+        }
+        let (mut fresh, gap) = self.classify(&ev);
+        if gap {
+            // A lost or reordered publish: catch the whole shard up from the
+            // log (which includes this event), in log order.
+            if self.node_backfill("gap", None).await.is_err() {
+                return;
+            }
+            let (f, still_gap) = self.classify(&ev);
+            if still_gap {
+                return;
+            }
+            fresh = f;
         }
         if fresh.is_empty() {
             return;
@@ -545,68 +578,141 @@ impl Shard {
         tokio::spawn(catchup::run(self.shared.clone(), self.me.clone(), job));
     }
 
-    /// Delivers entries `(from, to]` of `ch` from PostgreSQL to the channel's
-    /// live subscribers and advances `last_seen` to `to`. When PostgreSQL
-    /// cannot be read, the channel's live subscribers are demoted (they will
-    /// catch up on their own once it answers) and an error is returned.
-    async fn backfill(&mut self, ch: i64, from: i64, to: i64, reason: &'static str) -> Result<(), ()> {
-        metrics::counter!(m::BACKFILLS, "reason" => reason).increment(1);
-        tracing::debug!(channel = ch, from, to, reason, "backfilling from the log");
-        let mut cur = from;
-        let mut attempts = 0;
-        while cur < to {
-            match self
+    fn demote_all(&mut self) {
+        let live: Vec<SubId> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.live)
+            .map(|(id, _)| *id)
+            .collect();
+        for sid in live {
+            self.demote(sid);
+        }
+    }
+
+    /// Brings every tracked channel up to `bound` (the log's current heads
+    /// when `None`), delivering the missed entries to live subscribers in log
+    /// order. When PostgreSQL cannot be read, every live subscription of the
+    /// shard is demoted to catch-up (each recovers on its own once the log
+    /// answers) and an error is returned.
+    async fn node_backfill(&mut self, reason: &'static str, bound: Option<HashMap<i64, i64>>) -> Result<(), ()> {
+        let tracked: Vec<i64> = self
+            .channels
+            .iter()
+            .filter(|(_, s)| s.last_seen.is_some())
+            .map(|(c, _)| *c)
+            .collect();
+        if tracked.is_empty() {
+            return Ok(());
+        }
+        let heads = match bound {
+            Some(b) => b,
+            None => match self.read_heads(&tracked).await {
+                Ok(h) => h,
+                Err(()) => {
+                    self.demote_all();
+                    return Err(());
+                }
+            },
+        };
+        let mut counted = false;
+        let mut attempts = 0u32;
+        loop {
+            let mut reads: Vec<(i64, i64)> = Vec::new();
+            let mut uptos: Vec<i64> = Vec::new();
+            let mut behind = false;
+            for ch in &tracked {
+                let Some(ls) = self.channels.get(ch).and_then(|s| s.last_seen) else {
+                    continue;
+                };
+                let head = heads.get(ch).copied().unwrap_or(ls).max(ls);
+                behind |= head > ls;
+                reads.push((*ch, ls));
+                uptos.push(head);
+            }
+            if !behind {
+                return Ok(());
+            }
+            if !counted {
+                counted = true;
+                metrics::counter!(m::BACKFILLS, "reason" => reason).increment(1);
+                tracing::debug!(reason, channels = reads.len(), "backfilling from the log");
+            }
+            let page = match self
                 .shared
                 .log
-                .read_after(&[(ch, cur)], Some(&[to]), self.shared.replay_page)
+                .read_after(&reads, Some(&uptos), self.shared.replay_page)
                 .await
             {
-                Ok(page) => {
-                    attempts = 0;
-                    let n = page.rows.len();
-                    for (c, seq, ev) in page.rows {
-                        self.deliver(&ev, &[c]);
-                        if let Some(st) = self.channels.get_mut(&c) {
-                            st.last_seen = Some(seq);
-                        }
-                        cur = seq;
-                    }
-                    if !page.more || n == 0 {
-                        break;
-                    }
-                }
+                Ok(p) => p,
                 Err(e) => {
                     attempts += 1;
                     if attempts >= BACKFILL_ATTEMPTS {
-                        tracing::warn!(channel = ch, error = %e, "backfill failed; live subscribers of the channel switch to catch-up");
-                        let live: Vec<SubId> = self
-                            .channels
-                            .get(&ch)
-                            .map(|s| s.live.iter().copied().collect())
-                            .unwrap_or_default();
-                        for sid in live {
-                            self.demote(sid);
-                        }
+                        tracing::warn!(error = %e, reason, "backfill failed; live subscribers switch to catch-up");
+                        self.demote_all();
                         return Err(());
                     }
                     tokio::time::sleep(Duration::from_millis(50 * u64::from(attempts))).await;
+                    continue;
+                }
+            };
+            if page.rows.is_empty() {
+                // Everything up to the heads was deleted by retention.
+                for (ch, head) in reads.iter().map(|r| r.0).zip(uptos) {
+                    if let Some(st) = self.channels.get_mut(&ch) {
+                        st.last_seen = Some(head);
+                    }
+                }
+                return Ok(());
+            }
+            let mut pos: HashMap<i64, i64> = reads.iter().copied().collect();
+            let actions = replay::plan_page(&page.rows, &mut pos);
+            if actions.is_empty() {
+                tracing::warn!(reason, "backfill made no progress; leaving it to the next head check");
+                return Ok(());
+            }
+            for action in actions {
+                match action {
+                    replay::Action::Jump { channel, to } => {
+                        if let Some(st) = self.channels.get_mut(&channel) {
+                            st.last_seen = Some(to);
+                        }
+                    }
+                    replay::Action::Event { event, fresh, .. } => {
+                        let via: Vec<i64> = fresh.iter().map(|f| f.0).collect();
+                        self.deliver(&event, &via);
+                        for (ch, seq) in fresh {
+                            if let Some(st) = self.channels.get_mut(&ch) {
+                                st.last_seen = Some(seq);
+                            }
+                        }
+                    }
                 }
             }
         }
-        // Entries trimmed by retention leave nothing to deliver; the stream
-        // still moves on.
-        if let Some(st) = self.channels.get_mut(&ch) {
-            if st.last_seen.is_some_and(|ls| ls < to) {
-                st.last_seen = Some(to);
-            }
-        }
-        Ok(())
     }
 
-    /// Compares `last_seen` with the log's heads. For a head check, only heads
-    /// already seen one period earlier are backfilled, so a publish still in
-    /// flight is not raced.
-    async fn resync(&mut self, reason: &'static str, delayed: bool) {
+    async fn read_heads(&self, channels: &[i64]) -> Result<HashMap<i64, i64>, ()> {
+        for attempt in 1..=BACKFILL_ATTEMPTS {
+            match self.shared.log.heads(channels).await {
+                Ok(h) => return Ok(h.iter().map(|h| (h.channel, h.head)).collect()),
+                Err(e) => {
+                    tracing::debug!(error = %e, attempt, "cannot read heads");
+                    tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+                }
+            }
+        }
+        Err(())
+    }
+
+    /// Heals lost Redis publishes: backfills up to the heads seen by the
+    /// previous check (not the current ones, so a publish still in flight is
+    /// not raced).
+    async fn head_check(&mut self) {
+        let previous = std::mem::take(&mut self.pending_heads);
+        if !previous.is_empty() {
+            let _ = self.node_backfill("head_check", Some(previous)).await;
+        }
         let tracked: Vec<i64> = self
             .channels
             .iter()
@@ -616,30 +722,8 @@ impl Shard {
         if tracked.is_empty() {
             return;
         }
-        let heads = match self.shared.log.heads(&tracked).await {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::debug!(error = %e, reason, "cannot read heads");
-                return;
-            }
-        };
-        let now: HashMap<i64, i64> = heads.iter().map(|h| (h.channel, h.head)).collect();
-        let targets: Vec<(i64, i64)> = if delayed {
-            self.pending_heads
-                .iter()
-                .map(|(c, h)| (*c, *h))
-                .collect()
-        } else {
-            now.iter().map(|(c, h)| (*c, *h)).collect()
-        };
-        self.pending_heads = now;
-        for (ch, head) in targets {
-            let Some(ls) = self.channels.get(&ch).and_then(|s| s.last_seen) else {
-                continue;
-            };
-            if head > ls {
-                let _ = self.backfill(ch, ls, head, reason).await;
-            }
+        if let Ok(heads) = self.shared.log.heads(&tracked).await {
+            self.pending_heads = heads.iter().map(|h| (h.channel, h.head)).collect();
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`subscribe`]: resolving a topic to channels and where replay starts.
 //! - [`fanout`]: live delivery, gap detection and backfill per node.
 //! - [`catchup`]: replay from PostgreSQL and the switch to live.
+//! - [`replay`]: the order in which replayed rows are handled.
 //! - [`livefeed`]: the Redis subscription and its reconnects.
 //! - [`poll`]: the long-poll fallback.
 //! - [`publish`]: client publishes through the `IsPublishableByUser` gate.
@@ -28,6 +29,7 @@ mod metrics;
 pub mod poll;
 pub mod protocol;
 pub mod publish;
+mod replay;
 pub mod server;
 pub mod session;
 pub mod subscribe;

@@ -4,10 +4,11 @@
 //! to signal new events (re-checking the log at least once a second).
 //!
 //! Invariant: the same replay rules as a WebSocket catch-up
-//! ([`crate::catchup::advance`]), so the guarantees (complete, once,
+//! ([`crate::replay::plan_page`]), so the guarantees (complete, once,
 //! ordered, scoped) hold across both transports and a client may switch.
 
-use crate::catchup::advance;
+use crate::replay::{plan_page, Action};
+use std::collections::HashMap;
 use crate::protocol::{self, ErrorCode, Protocol};
 use crate::server::{authenticate, json_error, query_param, Body};
 use crate::Node;
@@ -68,14 +69,32 @@ pub(crate) async fn handle(req: Request<Incoming>, node: Arc<Node>, drain: Cance
                     return json_error(StatusCode::SERVICE_UNAVAILABLE, "internal", "the message log is unavailable; retry shortly");
                 }
             };
-            for (ch, seq, ev) in page.rows {
-                if advance(&mut positions, ch, seq, &ev, &identity.user) {
-                    let cursor = switchyard_cursorlog::cursor::encode_parts(node.log.epoch(), positions.iter().copied());
-                    messages.push(protocol::encode_message(Protocol::Json, &ev, &cursor));
-                    if messages.len() >= MAX_MESSAGES {
-                        break;
+            let mut pos: HashMap<i64, i64> = positions.iter().copied().collect();
+            let actions = plan_page(&page.rows, &mut pos);
+            let progressed = !actions.is_empty();
+            for action in actions {
+                let (event, fresh, earlier) = match action {
+                    Action::Jump { channel, to } => {
+                        set(&mut positions, channel, to);
+                        continue;
                     }
+                    Action::Event { event, fresh, earlier } => (event, fresh, earlier),
+                };
+                for (ch, seq) in &fresh {
+                    set(&mut positions, *ch, *seq);
                 }
+                let for_other_user = event.user_id.as_deref().is_some_and(|u| u != &*identity.user);
+                if earlier || for_other_user {
+                    continue;
+                }
+                let cursor = switchyard_cursorlog::cursor::encode_parts(node.log.epoch(), positions.iter().copied());
+                messages.push(protocol::encode_message(Protocol::Json, &event, &cursor));
+                if messages.len() >= MAX_MESSAGES {
+                    break;
+                }
+            }
+            if !progressed {
+                break;
             }
             if !page.more || messages.len() >= MAX_MESSAGES {
                 break;
@@ -109,4 +128,10 @@ pub(crate) async fn handle(req: Request<Incoming>, node: Arc<Node>, drain: Cance
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
+}
+
+fn set(positions: &mut [(i64, i64)], channel: i64, seq: i64) {
+    if let Some(p) = positions.iter_mut().find(|p| p.0 == channel) {
+        p.1 = seq;
+    }
 }

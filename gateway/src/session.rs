@@ -163,6 +163,7 @@ pub(crate) async fn run<S>(
                 .map_err(|_| "connection closing")
         }
     };
+    let mut fatal = false;
     loop {
         let frame = tokio::select! {
             _ = conn_cancel.cancelled() => break,
@@ -173,6 +174,7 @@ pub(crate) async fn run<S>(
             Ok(f) => f,
             Err(e) => {
                 use fastwebsockets::WebSocketError as W;
+                fatal = !matches!(e, W::ConnectionClosed | W::UnexpectedEOF);
                 match e {
                     W::FrameTooLarge => {
                         session
@@ -201,11 +203,25 @@ pub(crate) async fn run<S>(
             _ => {}
         }
     }
-    conn_cancel.cancel();
+    // Let the writer flush what is queued (an error, a close reply) before
+    // the socket goes; then stop it if the peer is gone.
+    let _ = tx.try_send(Outbound::Close(1000, "closing"));
     session.close_all().await;
     drop(session);
     drop(tx);
-    let _ = writer.await;
+    let mut writer = writer;
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+        conn_cancel.cancel();
+        let _ = writer.await;
+    }
+    if fatal {
+        // Unread input (e.g. the rest of an oversized frame) would make the
+        // kernel reset the connection and could destroy the error frame in
+        // flight; linger briefly so the client reads it first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    drop(reader);
+    conn_cancel.cancel();
     metrics::gauge!(m::CONNECTIONS).decrement(1.0);
 }
 

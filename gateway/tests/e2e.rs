@@ -181,7 +181,14 @@ async fn gateway_sigkill_loses_nothing() {
 /// every event delivered exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bridge_sigkill_mid_batch_delivers_everything_once() {
-    let mut s = stack().await;
+    require_servers();
+    // Small batches so the kill lands between and inside transactions.
+    let mut s = Stack::start(StackOptions {
+        env: vec![("SWITCHYARD_BATCH_MAX".into(), "50".into())],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let tok = token("user-b", &["CHLT"], &[], 600);
     let mut c = Client::connect(&s.gateway(1).ws_url(), &tok).await.unwrap();
     c.subscribe("News", None).await.unwrap();
@@ -189,15 +196,15 @@ async fn bridge_sigkill_mid_batch_delivers_everything_once() {
     let events: Vec<Value> = (1..=total).map(|n| news(&format!("b{n}"), &["CHLT"], n)).collect();
     s.produce(&events).await.unwrap();
     // Kill while the log is partly written.
-    for _ in 0..400 {
-        let n = s.stored_events().await.unwrap();
-        if n > 0 {
+    for _ in 0..3000 {
+        if s.stored_events().await.unwrap() > 0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     s.bridge.as_mut().unwrap().kill9();
     let stored_at_kill = s.stored_events().await.unwrap();
+    assert!(stored_at_kill > 0 && stored_at_kill < total as i64, "killed mid-stream: {stored_at_kill}");
     s.start_bridge().unwrap();
     let got = ns(&c.messages(total as usize, Duration::from_secs(90)).await.unwrap());
     assert_eq!(got, (1..=total).collect::<Vec<_>>(), "killed at {stored_at_kill} stored");

@@ -540,6 +540,7 @@ impl Stack {
         cmd.env("SWITCHYARD_KAFKA_BROKERS", &self.broker.addr)
             .env("SWITCHYARD_KAFKA_TOPICS", &self.events_topic)
             .env("SWITCHYARD_KAFKA_GROUP", &self.group)
+            .env("SWITCHYARD_KAFKA_INSTANCE_ID", format!("{}-0", self.group))
             .env("SWITCHYARD_KAFKA_DLQ_TOPIC", &self.dlq_topic)
             .env("SWITCHYARD_ADMIN_LISTEN", self.bridge_admin.to_string());
         self.bridge = Some(Proc::spawn("bridge", cmd, &self.dir)?);
@@ -808,13 +809,13 @@ impl Client {
         while out.len() < n {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
-                bail!("got {} of {n} messages: {:?}", out.len(), ids(&out));
+                bail!("got {} of {n} messages; last {:?}", out.len(), ids(&out).last());
             }
             match self.next_frame(left).await {
                 Ok(v) if v["type"] == "message" => out.push(v),
                 Ok(v) if v["type"] == "__close" => bail!("closed after {} of {n} messages: {v}", out.len()),
                 Ok(_) => {}
-                Err(e) => bail!("got {} of {n} messages ({e}): {:?}", out.len(), ids(&out)),
+                Err(e) => bail!("got {} of {n} messages ({e}); last {:?}", out.len(), ids(&out).last()),
             }
         }
         Ok(out)
