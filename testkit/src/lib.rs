@@ -312,12 +312,17 @@ impl Broker {
 pub struct Database {
     pub name: String,
     pub url: String,
+    base: String,
 }
 
 impl Database {
     pub async fn create() -> anyhow::Result<Database> {
+        Self::create_on(&pg_base()).await
+    }
+
+    pub async fn create_on(base: &str) -> anyhow::Result<Database> {
         let name = unique("sy_test");
-        let base = pg_base();
+        let base = base.to_owned();
         let (client, conn) = tokio_postgres::connect(&format!("{base}/postgres"), tokio_postgres::NoTls)
             .await
             .context("connecting to the test PostgreSQL (SWITCHYARD_TEST_PG)")?;
@@ -326,6 +331,7 @@ impl Database {
         Ok(Database {
             url: format!("{base}/{name}"),
             name,
+            base,
         })
     }
 
@@ -338,13 +344,103 @@ impl Database {
 
 impl Drop for Database {
     fn drop(&mut self) {
-        let base = pg_base();
+        let base = &self.base;
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         let _ = Command::new("psql")
             .args([&format!("{base}/postgres"), "-q", "-c", &sql])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// A private PostgreSQL server (for tests that stop PostgreSQL), run as the
+/// `postgres` system user in a scratch directory.
+#[derive(Debug)]
+pub struct PgServer {
+    pub port: u16,
+    data: PathBuf,
+    bin: PathBuf,
+}
+
+impl PgServer {
+    pub fn start(dir: &Path) -> anyhow::Result<PgServer> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")?
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .ok_or_else(|| anyhow!("no PostgreSQL server binaries under /usr/lib/postgresql"))?;
+        let data = dir.join(unique("pgdata"));
+        std::fs::create_dir_all(&data)?;
+        let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status()?;
+        if !chown.success() {
+            bail!("cannot chown {} to postgres", dir.display());
+        }
+        let ok = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("initdb"))
+            .args(["--auth=trust", "-U", "postgres", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !ok.success() {
+            bail!("initdb failed");
+        }
+        let pg = PgServer {
+            port: free_port(),
+            data,
+            bin,
+        };
+        pg.resume()?;
+        Ok(pg)
+    }
+
+    /// Starts (again) on the same port and data.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.data.display()
+        );
+        let ok = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-w", "-t", "30", "-D"])
+            .arg(&self.data)
+            .args(["-o", &opts, "-l"])
+            .arg(self.data.join("server.log"))
+            .arg("start")
+            .stdout(Stdio::null())
+            .status()?;
+        if !ok.success() {
+            bail!("pg_ctl start failed");
+        }
+        Ok(())
+    }
+
+    /// Stops immediately (connections are cut).
+    pub fn stop(&self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-w", "-m", "immediate", "-D"])
+            .arg(&self.data)
+            .arg("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -385,6 +481,8 @@ pub struct StackOptions {
     pub topology: Value,
     /// Redis URL; default the machine's Redis with a unique prefix.
     pub redis_url: Option<String>,
+    /// PostgreSQL server URL (without database); default the machine's.
+    pub pg_base: Option<String>,
     pub partitions: i32,
     /// Extra environment for every process.
     pub env: Vec<(String, String)>,
@@ -396,6 +494,7 @@ impl Default for StackOptions {
             gateways: 2,
             topology: seed_topology(),
             redis_url: None,
+            pg_base: None,
             partitions: 3,
             env: Vec::new(),
         }
@@ -495,7 +594,7 @@ impl Stack {
             .create_topics(&[&events_topic], opts.partitions)
             .await?;
         broker.create_topics(&[&dlq_topic], 1).await?;
-        let db = Database::create().await?;
+        let db = Database::create_on(&opts.pg_base.clone().unwrap_or_else(pg_base)).await?;
         let topology_path = dir.join("topology.json");
         std::fs::write(&topology_path, serde_json::to_vec_pretty(&opts.topology)?)?;
         let producer = broker.producer()?;
@@ -610,6 +709,31 @@ impl Stack {
             r.map_err(|(e, _)| anyhow!("produce failed: {e}"))?;
         }
         Ok(())
+    }
+
+    /// Sum of the bridge group's committed offsets over the events topic.
+    pub fn committed_offsets(&self) -> anyhow::Result<i64> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.broker.addr)
+            .set("group.id", &self.group)
+            .create()?;
+        let md = c.fetch_metadata(Some(&self.events_topic), Duration::from_secs(10))?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for t in md.topics() {
+            for p in t.partitions() {
+                tpl.add_partition(t.name(), p.id());
+            }
+        }
+        let committed = c.committed_offsets(tpl, Duration::from_secs(10))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => Some(o),
+                _ => None,
+            })
+            .sum())
     }
 
     /// Rows in the cursor log's events table.
