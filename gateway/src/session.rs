@@ -1,6 +1,8 @@
-//! One client WebSocket connection: a reader task that owns the protocol
-//! state (subscriptions, identity, rate limit) and a writer task that owns
-//! the socket's write half, fed by a bounded queue of [`Outbound`] frames.
+//! One client WebSocket connection, as three tasks: a reader that only reads
+//! frames, the session loop that owns the protocol state (subscriptions,
+//! identity, rate limit) and reacts to frames and topology reloads, and a
+//! writer that owns the socket's write half, fed by a bounded queue of
+//! [`Outbound`] frames.
 //!
 //! The writer is the only place that ends a connection on the server's
 //! initiative (token expiry: close 4001; drain: `reconnect` then close 1001;
@@ -108,7 +110,7 @@ pub(crate) async fn run<S>(
     ws_read.set_max_message_size(node.cfg.max_frame_bytes);
     ws_read.set_auto_close(true);
     ws_read.set_auto_pong(true);
-    let mut reader = fastwebsockets::FragmentCollectorRead::new(ws_read);
+    let reader = fastwebsockets::FragmentCollectorRead::new(ws_read);
 
     let (tx, rx) = mpsc::channel(node.cfg.outbound_queue.max(8));
     let (expiry_tx, expiry_rx) = watch::channel(identity.exp);
@@ -152,55 +154,35 @@ pub(crate) async fn run<S>(
     );
     let _ = tx.send(Outbound::Frame(welcome)).await;
 
-    let control_tx = tx.clone();
-    let mut send_fn = move |frame: Frame<'_>| {
-        let tx = control_tx.clone();
-        let op = frame.opcode;
-        let payload = frame.payload.to_vec();
-        async move {
-            tx.send(Outbound::Control(op, payload))
-                .await
-                .map_err(|_| "connection closing")
-        }
-    };
-    let mut fatal = false;
+    // The reader gets its own task: `read_frame` is not cancel-safe, so it
+    // is never raced against anything it must survive; the session loop
+    // below selects over its output and the topology's changes instead.
+    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(16);
+    let reader_task = tokio::spawn(read_loop(
+        reader,
+        tx.clone(),
+        in_tx,
+        conn_cancel.clone(),
+        last_read,
+        epoch,
+    ));
+    let mut topology_changes = session.node.topology.subscribe();
     loop {
-        let frame = tokio::select! {
-            _ = conn_cancel.cancelled() => break,
-            f = reader.read_frame(&mut send_fn) => f,
-        };
-        last_read.store(epoch.elapsed().as_secs(), Ordering::Relaxed);
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => {
-                use fastwebsockets::WebSocketError as W;
-                fatal = !matches!(e, W::ConnectionClosed | W::UnexpectedEOF);
-                match e {
-                    W::FrameTooLarge => {
-                        session
-                            .error(None, ErrorCode::TooLarge, "frame exceeds the size limit")
-                            .await;
-                        let _ = tx.send(Outbound::Close(1009, "frame too large")).await;
-                    }
-                    W::InvalidUTF8 => {
-                        let _ = tx.send(Outbound::Close(1007, "invalid UTF-8")).await;
-                    }
-                    W::ConnectionClosed | W::UnexpectedEOF => {}
-                    other => {
-                        tracing::debug!(conn = %session.conn_id, error = %other, "websocket read error");
-                        let _ = tx.send(Outbound::Close(1002, "protocol error")).await;
-                    }
+        tokio::select! {
+            inbound = in_rx.recv() => match inbound {
+                Some(Inbound::Data(data)) => session.handle(&data).await,
+                Some(Inbound::TooLarge) => {
+                    session.error(None, ErrorCode::TooLarge, "frame exceeds the size limit").await;
+                    let _ = tx.send(Outbound::Close(1009, "frame too large")).await;
+                    break;
                 }
-                break;
+                None => break,
+            },
+            changed = topology_changes.changed() => {
+                if changed.is_ok() {
+                    session.reresolve().await;
+                }
             }
-        };
-        match frame.opcode {
-            OpCode::Close => break,
-            OpCode::Text | OpCode::Binary => {
-                let data = frame.payload.to_vec();
-                session.handle(&data).await;
-            }
-            _ => {}
         }
     }
     // Let the writer flush what is queued (an error, a close reply) before
@@ -214,15 +196,87 @@ pub(crate) async fn run<S>(
         conn_cancel.cancel();
         let _ = writer.await;
     }
+    conn_cancel.cancel();
+    let _ = reader_task.await;
+    metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+}
+
+/// What the reader hands the session loop.
+enum Inbound {
+    Data(Vec<u8>),
+    TooLarge,
+}
+
+async fn read_loop<R>(
+    mut reader: fastwebsockets::FragmentCollectorRead<R>,
+    tx: mpsc::Sender<Outbound>,
+    inbound: mpsc::Sender<Inbound>,
+    conn_cancel: CancellationToken,
+    last_read: Arc<AtomicU64>,
+    epoch: Instant,
+) where
+    R: AsyncRead + Unpin,
+{
+    let control_tx = tx.clone();
+    let mut send_fn = move |frame: Frame<'_>| {
+        let tx = control_tx.clone();
+        let op = frame.opcode;
+        let payload = frame.payload.to_vec();
+        async move {
+            tx.send(Outbound::Control(op, payload))
+                .await
+                .map_err(|_| "connection closing")
+        }
+    };
+    let mut fatal = false;
+    loop {
+        // Racing `read_frame` is safe here only because the reader is never
+        // used again once the connection is cancelled.
+        let frame = tokio::select! {
+            _ = conn_cancel.cancelled() => break,
+            f = reader.read_frame(&mut send_fn) => f,
+        };
+        last_read.store(epoch.elapsed().as_secs(), Ordering::Relaxed);
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                use fastwebsockets::WebSocketError as W;
+                match e {
+                    W::FrameTooLarge => {
+                        fatal = true;
+                        let _ = inbound.send(Inbound::TooLarge).await;
+                    }
+                    W::InvalidUTF8 => {
+                        fatal = true;
+                        let _ = tx.send(Outbound::Close(1007, "invalid UTF-8")).await;
+                    }
+                    W::ConnectionClosed | W::UnexpectedEOF => {}
+                    other => {
+                        fatal = true;
+                        tracing::debug!(error = %other, "websocket read error");
+                        let _ = tx.send(Outbound::Close(1002, "protocol error")).await;
+                    }
+                }
+                break;
+            }
+        };
+        let data = match frame.opcode {
+            OpCode::Close => break,
+            OpCode::Text | OpCode::Binary => frame.payload.to_vec(),
+            _ => continue,
+        };
+        if inbound.send(Inbound::Data(data)).await.is_err() {
+            break;
+        }
+    }
+    drop(inbound);
     if fatal {
         // Unread input (e.g. the rest of an oversized frame) would make the
         // kernel reset the connection and could destroy the error frame in
-        // flight; linger briefly so the client reads it first.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // flight; keep the socket until the writer is done, briefly.
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn_cancel.cancelled()).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    drop(reader);
-    conn_cancel.cancel();
-    metrics::gauge!(m::CONNECTIONS).decrement(1.0);
 }
 
 impl Session {
@@ -346,7 +400,14 @@ impl Session {
         }
         self.identity = identity;
         let _ = self.expiry.send(self.identity.exp);
-        // Re-resolve every subscription against the new entitlements.
+        self.reresolve().await;
+        self.send(Reply::Refreshed { id }).await;
+    }
+
+    /// Re-resolves every subscription against the current entitlements and
+    /// topology: channels kept continue from their positions, new ones start
+    /// at their lookback window, revoked ones stop at once.
+    async fn reresolve(&mut self) {
         let topics: Vec<String> = self.subs.keys().cloned().collect();
         for topic in topics {
             let Some(current) = self.subs.get(&topic) else {
@@ -354,21 +415,28 @@ impl Session {
             };
             let old_id = current.id;
             let old_channels = current.channels.clone();
+            let topology = self.node.topology.current();
+            let keys: Vec<String> = topology
+                .resolve_subscriber(&topic, &self.identity.entitlements)
+                .into_iter()
+                .map(|c| c.key)
+                .collect();
+            // Unchanged channels need no work (the common case on reload).
+            if let Ok(mut ids) = self.node.log.channel_ids(&keys).await {
+                ids.sort_unstable();
+                ids.dedup();
+                if ids == old_channels {
+                    continue;
+                }
+            }
             let positions = self.node.fanout.remove(&topic, old_id, true).await;
             self.subs.remove(&topic);
-            let plan = crate::subscribe::plan(
-                &self.node,
-                &self.identity,
-                &topic,
-                None,
-                positions.as_deref(),
-            )
-            .await;
+            let plan =
+                crate::subscribe::plan(&self.node, &self.identity, &topic, None, positions.as_deref())
+                    .await;
             match plan {
                 Ok(plan) => {
-                    if plan.channels != old_channels {
-                        tracing::debug!(topic, "entitlements changed; subscription re-resolved");
-                    }
+                    tracing::debug!(topic, "subscription re-resolved");
                     self.start(topic, plan.channels, plan.positions).await;
                 }
                 Err((code, msg)) => {
@@ -377,7 +445,6 @@ impl Session {
                 }
             }
         }
-        self.send(Reply::Refreshed { id }).await;
     }
 
     async fn close_all(&mut self) {

@@ -429,3 +429,75 @@ async fn sigterm_drains_with_reconnect_frames() {
     assert_eq!(close["code"], 1001, "{close}");
     assert_eq!(s.gateways[0].proc.wait_exit(Duration::from_secs(15)), Some(0));
 }
+
+type TestWs = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next_pb(ws: &mut TestWs) -> switchyard_proto::v1::ServerFrame {
+    use futures::StreamExt as _;
+    use prost::Message as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(T, ws.next()).await.unwrap().unwrap().unwrap() {
+            Message::Binary(b) => return switchyard_proto::v1::ServerFrame::decode(b).unwrap(),
+            Message::Text(t) => panic!("text frame on the proto subprotocol: {t}"),
+            _ => continue,
+        }
+    }
+}
+
+/// The protobuf subprotocol carries the same conversation in binary frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_subprotocol_round_trip() {
+    use futures::SinkExt as _;
+    use prost::Message as _;
+    use switchyard_proto::v1 as pb;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = stack().await;
+    let tok = token("proto-user", &["CHLT"], &[], 600);
+    let mut req = format!("{}?access_token={tok}", s.gateway(0).ws_url()).into_client_request().unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", "switchyard.v1.proto".parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "switchyard.v1.proto");
+    assert!(matches!(next_pb(&mut ws).await.kind, Some(pb::server_frame::Kind::Welcome(_))));
+    let sub = pb::ClientFrame {
+        id: 7,
+        kind: Some(pb::client_frame::Kind::Subscribe(pb::Subscribe { topic: "News".into(), cursor: None })),
+    };
+    ws.send(Message::Binary(sub.encode_to_vec().into())).await.unwrap();
+    let r = next_pb(&mut ws).await;
+    assert_eq!(r.id, 7);
+    assert!(matches!(r.kind, Some(pb::server_frame::Kind::Subscribed(ref x)) if x.topic == "News"));
+    s.produce(&[news("pb1", &["CHLT"], 1)]).await.unwrap();
+    match next_pb(&mut ws).await.kind {
+        Some(pb::server_frame::Kind::Message(m)) => {
+            assert_eq!(m.event_id, "pb1");
+            assert_eq!(m.content_type, "application/json");
+            assert_eq!(serde_json::from_slice::<Value>(&m.payload).unwrap()["n"], 1);
+            assert!(!m.cursor.is_empty());
+        }
+        other => panic!("expected a message, got {other:?}"),
+    }
+    ws.send(Message::Binary(vec![0xff, 0xff, 0xff].into())).await.unwrap();
+    match next_pb(&mut ws).await.kind {
+        Some(pb::server_frame::Kind::Error(e)) => assert_eq!(e.code, "bad_request"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// A token that expires unrefreshed closes the connection with 4001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_token_closes_with_4001() {
+    let s = stack().await;
+    let mut c = Client::connect(&s.gateway(0).ws_url(), &token("short", &["CHLT"], &[], 2)).await.unwrap();
+    c.subscribe("News", None).await.unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "no close");
+        let f = c.next_frame(T).await.unwrap();
+        if f["type"] == "__close" {
+            assert_eq!(f["code"], 4001, "{f}");
+            break;
+        }
+    }
+}
