@@ -48,6 +48,14 @@ async fn seed_example_reaches_exactly_the_entitled_users() {
     for cl in [&mut a, &mut b, &mut c] {
         cl.expect_silence(Duration::from_millis(1500)).await.unwrap();
     }
+    // Operators see it in the metrics. `[Other]` lands in its own wildcard
+    // channel (News-Other), stored though nobody here holds that product.
+    let (code, gw) = switchyard_testkit::http_get(s.gateway(0).admin, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(gw.contains("switchyard_gateway_messages_delivered_total"), "{gw}");
+    let (_, br) = switchyard_testkit::http_get(s.bridge_admin, "/metrics").unwrap();
+    assert!(br.contains("switchyard_bridge_events_appended_total{topic=\"News\"} 4"), "{br}");
+    assert_eq!(switchyard_testkit::http_get(s.gateway(1).admin, "/healthz").unwrap().0, 200);
 }
 
 /// Issue 2, case 2: reconnecting to the other node with a cursor yields
@@ -88,6 +96,12 @@ async fn reconnect_to_the_other_node_resumes_from_the_cursor() {
     let r = fresh.subscribe("News", None).await.unwrap();
     assert_eq!(r["recovered"], false);
     assert_eq!(ns(&fresh.messages(12, T).await.unwrap()), (1..=12).collect::<Vec<_>>());
+    // A cursor from another log (a restored or reset database) is detected.
+    let foreign = switchyard_cursorlog::Cursor::new("0123456789abcdef", vec![(1, 3)]).encode();
+    let mut other_log = Client::connect(&s.gateway(0).ws_url(), &tok).await.unwrap();
+    let r = other_log.subscribe("News", Some(&foreign)).await.unwrap();
+    assert_eq!((r["type"].as_str(), r["recovered"].as_bool()), (Some("subscribed"), Some(false)), "{r}");
+    assert_eq!(other_log.messages(12, T).await.unwrap().len(), 12);
     // A malformed cursor is not an error: lookback replay, recovered false.
     let mut bad = Client::connect(&s.gateway(0).ws_url(), &tok).await.unwrap();
     let r = bad.subscribe("News", Some("definitely-not-a-cursor")).await.unwrap();
