@@ -1,1 +1,38 @@
-//! placeholder (being written)
+//! Switchyard's smart channels: a client subscribes to a plain topic and the
+//! server decides, from configuration and the user's entitlements, which
+//! scoped channels it sits in; an event's scopes decide which channels it
+//! goes to. One resolution function serves both directions.
+//!
+//! Where things are:
+//! - [`model`]: the topology file as written (the seed's JSON shape, or YAML).
+//! - [`topology`]: loading, validation (errors name file, path and fix) and
+//!   the compiled, immutable [`Topology`].
+//! - [`resolve`]: [`Topology::resolve`] and its inputs and outputs.
+//! - [`lookback`]: `CalendarDay` / `Minutes` windows and expiry.
+//! - [`reload`]: [`TopologyHandle`], atomic hot reload on file change or SIGHUP.
+//!
+//! The invariant a maintainer must not break: subscribe and publish go
+//! through the same [`Topology::resolve`], so a user receives an event if and
+//! only if their channel set and the event's share a channel key.
+//!
+//! Extensions beyond the seed's shape (all optional):
+//! - `FilterCollections: ["Name", ...]` (or `FilterCollection: "Name"`) on a
+//!   channel reuses a hub's named filter collections;
+//! - `Ephemeral: true`: best-effort channel, delivered live only, never
+//!   stored in the cursor log (no replay, no catch-up);
+//! - `RetentionMinutes: N`: keep the channel's entries at least N minutes for
+//!   cursor catch-up, beyond the lookback window;
+//! - tenants: resolution with a tenant (the `tenant` claim or event field)
+//!   prefixes every channel key, so equal product codes in two tenants never
+//!   share a channel.
+
+pub mod lookback;
+pub mod model;
+pub mod reload;
+pub mod resolve;
+pub mod topology;
+
+pub use lookback::LookBack;
+pub use reload::TopologyHandle;
+pub use resolve::{Entitlements, Purpose, ResolvedChannel, Scope, FEATURE_NAMES, PRODUCT_CODES};
+pub use topology::{Issue, Topology, TopologyError};
