@@ -19,27 +19,24 @@ const LOCK_KEY: i64 = 0x5357_5943_4844_0001;
 
 /// Applies pending migrations. Returns how many were applied.
 pub async fn run(client: &mut Client) -> Result<usize, tokio_postgres::Error> {
-    client
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS switchyard_migrations (
-                 version INT PRIMARY KEY,
-                 name TEXT NOT NULL,
-                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-        )
-        .await
-        .or_else(|e| {
-            // Two processes racing on CREATE TABLE IF NOT EXISTS can collide on
-            // the catalog's unique index; the table exists either way.
-            if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })?;
+    // Everything, including creating the bookkeeping table, happens under
+    // the lock: concurrent `CREATE TABLE IF NOT EXISTS` can still collide in
+    // the catalog.
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await?;
-    let result = apply_pending(client).await;
+    let result = async {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS switchyard_migrations (
+                     version INT PRIMARY KEY,
+                     name TEXT NOT NULL,
+                     applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+            )
+            .await?;
+        apply_pending(client).await
+    }
+    .await;
     let unlock = client
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
         .await;
