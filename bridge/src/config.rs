@@ -80,7 +80,10 @@ impl BridgeConfig {
                 "a PostgreSQL URL such as postgres://postgres@127.0.0.1:5432/switchyard",
             )?,
             pg_pool_size: s.parse_or("SWITCHYARD_PG_POOL_SIZE", 8)?,
-            redis_url: s.required("SWITCHYARD_REDIS_URL", "a Redis URL such as redis://127.0.0.1:6379")?,
+            redis_url: s.required(
+                "SWITCHYARD_REDIS_URL",
+                "a Redis URL such as redis://127.0.0.1:6379",
+            )?,
             redis_prefix: s.string_or("SWITCHYARD_REDIS_PREFIX", "switchyard"),
             topology: PathBuf::from(s.required(
                 "SWITCHYARD_TOPOLOGY",
@@ -99,7 +102,9 @@ impl BridgeConfig {
             batch_max,
             batch_linger: s.millis_or("SWITCHYARD_BATCH_LINGER_MS", 5)?,
             max_event_bytes: s.parse_or("SWITCHYARD_MAX_EVENT_BYTES", 256 * 1024)?,
-            retention: Duration::from_secs(60 * s.parse_or::<u64>("SWITCHYARD_RETENTION_MINUTES", 1440)?),
+            retention: Duration::from_secs(
+                60 * s.parse_or::<u64>("SWITCHYARD_RETENTION_MINUTES", 1440)?,
+            ),
             lookback_tz,
             sweep_interval: s.millis_or("SWITCHYARD_SWEEP_INTERVAL_MS", 30_000)?,
         })

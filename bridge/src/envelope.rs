@@ -85,7 +85,10 @@ pub fn decode(
     if value.len() > max_bytes {
         return Err(Rejection::new(
             "oversized",
-            format!("record value is {} bytes, the limit is {max_bytes}", value.len()),
+            format!(
+                "record value is {} bytes, the limit is {max_bytes}",
+                value.len()
+            ),
         ));
     }
     let json = header_content_type.is_some_and(is_json_header)
@@ -182,7 +185,10 @@ fn validate(ev: DomainEvent) -> Result<DomainEvent, Rejection> {
     if ev.id.len() > MAX_ID_BYTES {
         return Err(Rejection::new(
             "invalid_id",
-            format!("the event id is {} bytes, the limit is {MAX_ID_BYTES}", ev.id.len()),
+            format!(
+                "the event id is {} bytes, the limit is {MAX_ID_BYTES}",
+                ev.id.len()
+            ),
         ));
     }
     if ev.topic.is_empty() {
@@ -208,16 +214,17 @@ fn validate(ev: DomainEvent) -> Result<DomainEvent, Rejection> {
             ));
         }
     }
-    if ev.scopes.len() > MAX_SCOPES
-        || ev.scopes.iter().any(|s| s.values.len() > MAX_SCOPE_VALUES)
-    {
+    if ev.scopes.len() > MAX_SCOPES || ev.scopes.iter().any(|s| s.values.len() > MAX_SCOPE_VALUES) {
         return Err(Rejection::new(
             "invalid_scopes",
             format!("at most {MAX_SCOPES} scopes of {MAX_SCOPE_VALUES} values each"),
         ));
     }
     if ev.scopes.iter().any(|s| s.scope_type.is_empty()) {
-        return Err(Rejection::new("invalid_scopes", "a scope has an empty type"));
+        return Err(Rejection::new(
+            "invalid_scopes",
+            "a scope has an empty type",
+        ));
     }
     Ok(ev)
 }

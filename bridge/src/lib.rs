@@ -44,8 +44,14 @@ struct BridgeReadiness {
 impl Readiness for BridgeReadiness {
     fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move {
-            self.log.ping().await.map_err(|e| format!("postgres: {e}"))?;
-            self.publisher.ping().await.map_err(|e| format!("redis: {e}"))?;
+            self.log
+                .ping()
+                .await
+                .map_err(|e| format!("postgres: {e}"))?;
+            self.publisher
+                .ping()
+                .await
+                .map_err(|e| format!("redis: {e}"))?;
             if self.health.stalled.load(Ordering::Relaxed) {
                 return Err("pipeline stalled on a dependency".into());
             }
@@ -79,9 +85,13 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
     )
     .await
     .context("connecting to PostgreSQL (SWITCHYARD_POSTGRES_URL)")?;
-    let publisher = switchyard_cursorlog::live::Publisher::connect(&cfg.redis_url, &cfg.redis_prefix, log.epoch())
-        .await
-        .context("connecting to Redis (SWITCHYARD_REDIS_URL)")?;
+    let publisher = switchyard_cursorlog::live::Publisher::connect(
+        &cfg.redis_url,
+        &cfg.redis_prefix,
+        log.epoch(),
+    )
+    .await
+    .context("connecting to Redis (SWITCHYARD_REDIS_URL)")?;
 
     let mut consumer_cfg = kafka_config(&cfg);
     if let Some(id) = &cfg.kafka_instance_id {
@@ -120,7 +130,11 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
     tracing::info!(%admin, topics = ?cfg.kafka_topics, group = %cfg.kafka_group, epoch = log.epoch(), "bridge started");
 
     let watcher = topology.spawn_watcher(cfg.topology.clone(), cancel.clone());
-    let sweeper = tokio::spawn(retention::run(log.clone(), cfg.sweep_interval, cancel.clone()));
+    let sweeper = tokio::spawn(retention::run(
+        log.clone(),
+        cfg.sweep_interval,
+        cancel.clone(),
+    ));
     let pipeline = Pipeline {
         consumer,
         dlq,

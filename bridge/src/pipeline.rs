@@ -11,7 +11,6 @@
 use crate::config::BridgeConfig;
 use crate::envelope::{self, DomainEvent, Rejection};
 use crate::metrics as m;
-use switchyard_cursorlog::live::Publisher;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -25,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_channels::{ResolvedChannel, TopologyHandle};
+use switchyard_cursorlog::live::Publisher;
 use switchyard_cursorlog::{CursorLog, Entry, LogError, LogEvent, NewEvent};
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +38,10 @@ impl ClientContext for BridgeContext {}
 impl ConsumerContext for BridgeContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            tracing::info!(partitions = tpl.count(), "partitions revoked; committing stored offsets");
+            tracing::info!(
+                partitions = tpl.count(),
+                "partitions revoked; committing stored offsets"
+            );
             if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
                 tracing::debug!(error = %e, "commit on revoke found nothing to commit");
             }
@@ -105,7 +108,10 @@ impl Pipeline {
                 continue;
             }
             if self.process(&batch, &mut carry, &cancel).await.is_err() {
-                tracing::info!(records = batch.len(), "shutdown during retry; the batch will be redelivered");
+                tracing::info!(
+                    records = batch.len(),
+                    "shutdown during retry; the batch will be redelivered"
+                );
                 break;
             }
         }
@@ -168,7 +174,11 @@ impl Pipeline {
         let mut routed: Vec<Routed> = Vec::new();
         for (i, msg) in batch.iter().enumerate() {
             let header_ct = content_type_header(msg);
-            match envelope::decode(msg.payload(), header_ct.as_deref(), self.cfg.max_event_bytes) {
+            match envelope::decode(
+                msg.payload(),
+                header_ct.as_deref(),
+                self.cfg.max_event_bytes,
+            ) {
                 Err(r) => rejected.push((i, r)),
                 Ok(ev) => {
                     metrics::counter!(m::CONSUMED, "topic" => ev.topic.clone()).increment(1);
@@ -210,7 +220,9 @@ impl Pipeline {
         keys.sort();
         keys.dedup();
         let ids = self
-            .retry("resolve channel ids", carry, cancel, || self.log.channel_ids(&keys))
+            .retry("resolve channel ids", carry, cancel, || {
+                self.log.channel_ids(&keys)
+            })
             .await?;
         let id_of: HashMap<&str, i64> = keys.iter().map(String::as_str).zip(ids).collect();
 
@@ -226,7 +238,10 @@ impl Pipeline {
                 .filter_map(|c| id_of.get(c.key.as_str()))
                 .map(|&channel| Entry { channel, seq: 0 })
                 .collect();
-            let created_at_ms = r.event.created_at_ms.unwrap_or_else(|| now.timestamp_millis());
+            let created_at_ms = r
+                .event
+                .created_at_ms
+                .unwrap_or_else(|| now.timestamp_millis());
             if r.log_channels.is_empty() {
                 metrics::counter!(m::EPHEMERAL, "topic" => r.event.topic.clone()).increment(1);
                 ephemeral_only.push(LogEvent {
@@ -257,7 +272,9 @@ impl Pipeline {
                 .collect();
             channels.sort_unstable();
             channels.dedup();
-            msg_of_event.entry(r.event.id.clone()).or_insert(r.msg_index);
+            msg_of_event
+                .entry(r.event.id.clone())
+                .or_insert(r.msg_index);
             new_events.push(NewEvent {
                 event_id: r.event.id.clone(),
                 topic: r.event.topic.clone(),
@@ -284,8 +301,10 @@ impl Pipeline {
         // Records that failed validation (or storage) go to the DLQ before any
         // offset covering them is stored.
         if !rejected.is_empty() {
-            self.retry("write to the DLQ", carry, cancel, || self.send_dlq(batch, &rejected))
-                .await?;
+            self.retry("write to the DLQ", carry, cancel, || {
+                self.send_dlq(batch, &rejected)
+            })
+            .await?;
         }
 
         let commit_at = chrono::Utc::now().timestamp_millis();
@@ -304,7 +323,12 @@ impl Pipeline {
         self.store_offsets(batch);
         metrics::histogram!(m::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::histogram!(m::BATCH_SIZE).record(batch.len() as f64);
-        tracing::debug!(records = batch.len(), appended = live.len(), dlq = rejected.len(), "batch done");
+        tracing::debug!(
+            records = batch.len(),
+            appended = live.len(),
+            dlq = rejected.len(),
+            "batch done"
+        );
         Ok(())
     }
 
@@ -403,11 +427,26 @@ impl Pipeline {
                 }
             }
             let headers = headers
-                .insert(Header { key: "switchyard-dlq-reason", value: Some(why.reason) })
-                .insert(Header { key: "switchyard-dlq-detail", value: Some(&why.detail) })
-                .insert(Header { key: "switchyard-source-topic", value: Some(msg.topic()) })
-                .insert(Header { key: "switchyard-source-partition", value: Some(&partition) })
-                .insert(Header { key: "switchyard-source-offset", value: Some(&offset) });
+                .insert(Header {
+                    key: "switchyard-dlq-reason",
+                    value: Some(why.reason),
+                })
+                .insert(Header {
+                    key: "switchyard-dlq-detail",
+                    value: Some(&why.detail),
+                })
+                .insert(Header {
+                    key: "switchyard-source-topic",
+                    value: Some(msg.topic()),
+                })
+                .insert(Header {
+                    key: "switchyard-source-partition",
+                    value: Some(&partition),
+                })
+                .insert(Header {
+                    key: "switchyard-source-offset",
+                    value: Some(&offset),
+                });
             let mut record: FutureRecord<'_, [u8], [u8]> =
                 FutureRecord::to(&self.cfg.dlq_topic).headers(headers);
             if let Some(k) = msg.key() {
@@ -427,7 +466,9 @@ impl Pipeline {
     fn store_offsets(&self, batch: &[OwnedMessage]) {
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for msg in batch {
-            let e = next.entry((msg.topic().to_owned(), msg.partition())).or_insert(0);
+            let e = next
+                .entry((msg.topic().to_owned(), msg.partition()))
+                .or_insert(0);
             *e = (*e).max(msg.offset() + 1);
         }
         let mut tpl = TopicPartitionList::new();
@@ -456,7 +497,11 @@ fn content_type_header(msg: &OwnedMessage) -> Option<String> {
 
 type Poisoned = Vec<(String, String)>;
 type AppendFuture<'a> = std::pin::Pin<
-    Box<dyn Future<Output = Result<(switchyard_cursorlog::AppendOutcome, Poisoned), LogError>> + Send + 'a>,
+    Box<
+        dyn Future<Output = Result<(switchyard_cursorlog::AppendOutcome, Poisoned), LogError>>
+            + Send
+            + 'a,
+    >,
 >;
 
 /// Appends `events`; when PostgreSQL rejects the batch for a reason retrying
@@ -469,7 +514,10 @@ fn append_resilient(log: &CursorLog, events: Vec<NewEvent>) -> AppendFuture<'_> 
             Err(e) if e.is_transient() => Err(e),
             Err(e) if events.len() == 1 => {
                 tracing::error!(error = %e, event_id = %events[0].event_id, "PostgreSQL rejected the event");
-                Ok((Default::default(), vec![(events[0].event_id.clone(), e.to_string())]))
+                Ok((
+                    Default::default(),
+                    vec![(events[0].event_id.clone(), e.to_string())],
+                ))
             }
             Err(_) => {
                 let mut first = events;

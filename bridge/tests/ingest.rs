@@ -5,12 +5,16 @@
 
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use switchyard_testkit::{http_get, news, require_servers, token, Client, PgServer, Stack, StackOptions};
+use switchyard_testkit::{
+    http_get, news, require_servers, token, Client, PgServer, Stack, StackOptions,
+};
 
 const T: Duration = Duration::from_secs(30);
 
 fn ns(msgs: &[Value]) -> Vec<u64> {
-    msgs.iter().map(|m| m["payload"]["n"].as_u64().unwrap()).collect()
+    msgs.iter()
+        .map(|m| m["payload"]["n"].as_u64().unwrap())
+        .collect()
 }
 
 async fn eventually<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f: F) {
@@ -33,10 +37,14 @@ async fn offsets_are_committed_after_the_log_commit() {
     })
     .await
     .unwrap();
-    let events: Vec<Value> = (1..=25).map(|n| news(&format!("o{n}"), &["CHLT"], n)).collect();
+    let events: Vec<Value> = (1..=25)
+        .map(|n| news(&format!("o{n}"), &["CHLT"], n))
+        .collect();
     s.produce(&events).await.unwrap();
     // Poison and unrouted records are covered by the offsets too.
-    s.produce_raw([("News", b"garbage".as_slice())].into_iter()).await.unwrap();
+    s.produce_raw([("News", b"garbage".as_slice())].into_iter())
+        .await
+        .unwrap();
     s.produce(&[news("unrouted", &[], 99)]).await.unwrap();
     let deadline = Instant::now() + T;
     loop {
@@ -62,13 +70,27 @@ async fn a_postgres_outage_pauses_ingest_and_loses_nothing() {
     })
     .await
     .unwrap();
-    let mut c = Client::connect(&s.gateway(0).ws_url(), &token("u", &["CHLT"], &[], 600)).await.unwrap();
+    let mut c = Client::connect(&s.gateway(0).ws_url(), &token("u", &["CHLT"], &[], 600))
+        .await
+        .unwrap();
     c.subscribe("News", None).await.unwrap();
-    s.produce(&(1..=5).map(|n| news(&format!("p{n}"), &["CHLT"], n)).collect::<Vec<_>>()).await.unwrap();
+    s.produce(
+        &(1..=5)
+            .map(|n| news(&format!("p{n}"), &["CHLT"], n))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
     assert_eq!(ns(&c.messages(5, T).await.unwrap()), [1, 2, 3, 4, 5]);
 
     pg.stop();
-    s.produce(&(6..=30).map(|n| news(&format!("p{n}"), &["CHLT"], n)).collect::<Vec<_>>()).await.unwrap();
+    s.produce(
+        &(6..=30)
+            .map(|n| news(&format!("p{n}"), &["CHLT"], n))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
     let admin = s.bridge_admin;
     eventually("the bridge to report not ready", T, || {
         matches!(http_get(admin, "/readyz"), Ok((503, _)))
@@ -81,10 +103,19 @@ async fn a_postgres_outage_pauses_ingest_and_loses_nothing() {
     })
     .await;
     let committed_during_outage = s.committed_offsets().unwrap();
-    assert!(committed_during_outage <= 5, "nothing past the outage is committed: {committed_during_outage}");
+    assert!(
+        committed_during_outage <= 5,
+        "nothing past the outage is committed: {committed_during_outage}"
+    );
 
     pg.resume().unwrap();
-    assert_eq!(ns(&c.messages(25, Duration::from_secs(60)).await.unwrap()), (6..=30).collect::<Vec<_>>());
+    assert_eq!(
+        ns(&c.messages(25, Duration::from_secs(60)).await.unwrap()),
+        (6..=30).collect::<Vec<_>>()
+    );
     c.expect_silence(Duration::from_millis(1000)).await.unwrap();
-    eventually("the bridge to be ready again", T, || matches!(http_get(admin, "/readyz"), Ok((200, _)))).await;
+    eventually("the bridge to be ready again", T, || {
+        matches!(http_get(admin, "/readyz"), Ok((200, _)))
+    })
+    .await;
 }

@@ -28,8 +28,15 @@ fn topology() -> Topology {
 fn bench(c: &mut Criterion) {
     let t = topology();
     let products: Vec<String> = (0..100).map(|p| format!("P{p}")).collect();
-    let user = Entitlements { tenant: None, products: products.clone(), features: vec![] };
-    let scopes = vec![Scope { scope_type: PRODUCT_CODES.into(), values: products }];
+    let user = Entitlements {
+        tenant: None,
+        products: products.clone(),
+        features: vec![],
+    };
+    let scopes = vec![Scope {
+        scope_type: PRODUCT_CODES.into(),
+        values: products,
+    }];
     c.bench_function("resolve_subscriber (1000 channels, 100 products)", |b| {
         b.iter(|| black_box(t.resolve_subscriber(black_box("Topic7"), black_box(&user))))
     });

@@ -68,17 +68,35 @@ mod tests {
     fn calendar_day_ends_at_local_midnight() {
         let tz: Tz = "Europe/Berlin".parse().unwrap();
         let t = at("2026-11-23T22:30:00Z"); // 23:30 in Berlin
-        assert_eq!(LookBack::CalendarDay(1).expires_at(t, tz), at("2026-11-23T23:00:00Z"));
-        assert_eq!(LookBack::CalendarDay(2).expires_at(t, tz), at("2026-11-24T23:00:00Z"));
-        assert_eq!(LookBack::CalendarDay(1).window_start(t, tz), at("2026-11-22T23:00:00Z"));
-        assert_eq!(LookBack::CalendarDay(1).window_start(t, chrono_tz::UTC), at("2026-11-23T00:00:00Z"));
+        assert_eq!(
+            LookBack::CalendarDay(1).expires_at(t, tz),
+            at("2026-11-23T23:00:00Z")
+        );
+        assert_eq!(
+            LookBack::CalendarDay(2).expires_at(t, tz),
+            at("2026-11-24T23:00:00Z")
+        );
+        assert_eq!(
+            LookBack::CalendarDay(1).window_start(t, tz),
+            at("2026-11-22T23:00:00Z")
+        );
+        assert_eq!(
+            LookBack::CalendarDay(1).window_start(t, chrono_tz::UTC),
+            at("2026-11-23T00:00:00Z")
+        );
     }
 
     #[test]
     fn minutes_are_a_sliding_window() {
         let t = at("2026-11-23T10:00:00Z");
-        assert_eq!(LookBack::Minutes(30).expires_at(t, chrono_tz::UTC), at("2026-11-23T10:30:00Z"));
-        assert_eq!(LookBack::Minutes(30).window_start(t, chrono_tz::UTC), at("2026-11-23T09:30:00Z"));
+        assert_eq!(
+            LookBack::Minutes(30).expires_at(t, chrono_tz::UTC),
+            at("2026-11-23T10:30:00Z")
+        );
+        assert_eq!(
+            LookBack::Minutes(30).window_start(t, chrono_tz::UTC),
+            at("2026-11-23T09:30:00Z")
+        );
     }
 
     #[test]

@@ -79,7 +79,11 @@ impl TopologyHandle {
     }
 
     /// Watches `path` until `cancel` fires, reloading when its content changes.
-    pub fn spawn_watcher(&self, path: PathBuf, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_watcher(
+        &self,
+        path: PathBuf,
+        cancel: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let handle = self.clone();
         tokio::spawn(async move { handle.watch(path, cancel).await })
     }
@@ -169,12 +173,18 @@ mod tests {
         let tmp = dir.join("topology.json.tmp");
         std::fs::write(&tmp, B).unwrap();
         std::fs::rename(&tmp, &path).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), gen.changed()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), gen.changed())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(h.current().has_topic("B") && !h.current().has_topic("A"));
 
         std::fs::write(&path, "{ not valid").unwrap();
         tokio::time::sleep(Duration::from_millis(800)).await;
-        assert!(h.current().has_topic("B"), "invalid file refused, old topology kept");
+        assert!(
+            h.current().has_topic("B"),
+            "invalid file refused, old topology kept"
+        );
         assert!(h.reload_from(&path).is_err());
 
         cancel.cancel();

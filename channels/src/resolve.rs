@@ -119,15 +119,30 @@ impl Topology {
     }
 
     pub fn resolve_subscriber(&self, topic: &str, ent: &Entitlements) -> Vec<ResolvedChannel> {
-        self.resolve(topic, &ent.scopes(), ent.tenant.as_deref(), Purpose::Subscribe)
+        self.resolve(
+            topic,
+            &ent.scopes(),
+            ent.tenant.as_deref(),
+            Purpose::Subscribe,
+        )
     }
 
-    pub fn resolve_event(&self, topic: &str, scopes: &[Scope], tenant: Option<&str>) -> Vec<ResolvedChannel> {
+    pub fn resolve_event(
+        &self,
+        topic: &str,
+        scopes: &[Scope],
+        tenant: Option<&str>,
+    ) -> Vec<ResolvedChannel> {
         self.resolve(topic, scopes, tenant, Purpose::SystemPublish)
     }
 
     pub fn resolve_user_publish(&self, topic: &str, ent: &Entitlements) -> Vec<ResolvedChannel> {
-        self.resolve(topic, &ent.scopes(), ent.tenant.as_deref(), Purpose::UserPublish)
+        self.resolve(
+            topic,
+            &ent.scopes(),
+            ent.tenant.as_deref(),
+            Purpose::UserPublish,
+        )
     }
 }
 
@@ -144,7 +159,10 @@ fn channel_names(c: &Channel, scopes: &[Scope]) -> Vec<String> {
             continue;
         }
         return if c.has_placeholder() {
-            matched.iter().map(|v| c.name.replace(PLACEHOLDER, v)).collect()
+            matched
+                .iter()
+                .map(|v| c.name.replace(PLACEHOLDER, v))
+                .collect()
         } else {
             vec![c.name.clone()]
         };
@@ -167,7 +185,6 @@ fn make(c: &Channel, name: String, tenant: Option<&str>) -> ResolvedChannel {
         retention: c.retention,
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -205,7 +222,10 @@ mod tests {
     }
 
     fn product_scope(v: &[&str]) -> Vec<Scope> {
-        vec![Scope { scope_type: PRODUCT_CODES.into(), values: v.iter().map(|s| s.to_string()).collect() }]
+        vec![Scope {
+            scope_type: PRODUCT_CODES.into(),
+            values: v.iter().map(|s| s.to_string()).collect(),
+        }]
     }
 
     #[test]
@@ -218,7 +238,9 @@ mod tests {
         assert_eq!(names(&b), ["News-FullAccess"]);
         let ev = t.resolve_event("News", &product_scope(&["CHLT", "FullAccess"]), None);
         assert_eq!(names(&ev), ["News-CHLT", "News-FullAccess"]);
-        let shares = |u: &[ResolvedChannel], e: &[ResolvedChannel]| u.iter().any(|x| e.iter().any(|y| x.key == y.key));
+        let shares = |u: &[ResolvedChannel], e: &[ResolvedChannel]| {
+            u.iter().any(|x| e.iter().any(|y| x.key == y.key))
+        };
         assert!(shares(&a, &ev) && shares(&b, &ev) && !shares(&c, &ev));
         assert_eq!(a[0].key, "Content/News-CHLT");
         assert_eq!(a[0].lookback, Some(LookBack::CalendarDay(1)));
@@ -227,8 +249,14 @@ mod tests {
     #[test]
     fn static_channels_and_publish_gate() {
         let t = topo();
-        assert_eq!(names(&t.resolve_subscriber("SiteVisits", &user(&[]))), ["Site Visit Count"]);
-        assert_eq!(names(&t.resolve_event("SiteVisits", &[], None)), ["Site Visit Count"]);
+        assert_eq!(
+            names(&t.resolve_subscriber("SiteVisits", &user(&[]))),
+            ["Site Visit Count"]
+        );
+        assert_eq!(
+            names(&t.resolve_event("SiteVisits", &[], None)),
+            ["Site Visit Count"]
+        );
         assert!(t.resolve_user_publish("News", &user(&["CHLT"])).is_empty());
         assert_eq!(names(&t.resolve_user_publish("Chat", &user(&[]))), ["Chat"]);
         assert!(t.resolve_subscriber("Nope", &user(&["CHLT"])).is_empty());
@@ -240,7 +268,11 @@ mod tests {
         let mut u = user(&["CHLT"]);
         u.features = vec!["Beta".into()];
         assert_eq!(names(&t.resolve_subscriber("Alerts", &u)), ["Alerts-CHLT"]);
-        let u = Entitlements { tenant: None, products: vec!["Sfc".into()], features: vec!["Beta".into()] };
+        let u = Entitlements {
+            tenant: None,
+            products: vec!["Sfc".into()],
+            features: vec!["Beta".into()],
+        };
         assert_eq!(names(&t.resolve_subscriber("Alerts", &u)), ["Alerts-Beta"]);
     }
 

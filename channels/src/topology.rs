@@ -121,9 +121,8 @@ impl Topology {
         match path.extension().and_then(|e| e.to_str()) {
             Some("yaml" | "yml") => Self::from_yaml_str(&text, &source),
             Some("json") => Self::from_json_str(&text, &source),
-            _ => Self::from_json_str(&text, &source).or_else(|json_err| {
-                Self::from_yaml_str(&text, &source).map_err(|_| json_err)
-            }),
+            _ => Self::from_json_str(&text, &source)
+                .or_else(|json_err| Self::from_yaml_str(&text, &source).map_err(|_| json_err)),
         }
     }
 
@@ -161,15 +160,30 @@ impl Topology {
         for (h, hub) in file.hubs.iter().enumerate() {
             let hp = format!("Hubs[{h}]");
             if hub.name.trim().is_empty() {
-                issues.push(issue(&format!("{hp}.Name"), "empty hub name", "give the hub a name"));
+                issues.push(issue(
+                    &format!("{hp}.Name"),
+                    "empty hub name",
+                    "give the hub a name",
+                ));
             } else if !hub_names.insert(hub.name.as_str()) {
-                issues.push(issue(&format!("{hp}.Name"), &format!("duplicate hub name {:?}", hub.name), "give each hub a unique name"));
+                issues.push(issue(
+                    &format!("{hp}.Name"),
+                    &format!("duplicate hub name {:?}", hub.name),
+                    "give each hub a unique name",
+                ));
             }
             let mut collections: HashMap<&str, &[FilterDef]> = HashMap::new();
             for (c, col) in hub.filter_collections.iter().enumerate() {
                 let cp = format!("{hp}.FilterCollections[{c}]");
-                if collections.insert(col.name.as_str(), &col.filters).is_some() {
-                    issues.push(issue(&format!("{cp}.Name"), &format!("duplicate collection name {:?}", col.name), "give each collection a unique name"));
+                if collections
+                    .insert(col.name.as_str(), &col.filters)
+                    .is_some()
+                {
+                    issues.push(issue(
+                        &format!("{cp}.Name"),
+                        &format!("duplicate collection name {:?}", col.name),
+                        "give each collection a unique name",
+                    ));
                 }
                 for (f, filter) in col.filters.iter().enumerate() {
                     check_filter(filter, &format!("{cp}.Filters[{f}]"), &mut issues);
@@ -179,7 +193,9 @@ impl Topology {
             let hub_name: Arc<str> = hub.name.as_str().into();
             for (i, ch) in hub.channels.iter().enumerate() {
                 let p = format!("{hp}.Channels[{i}]");
-                if let Some(c) = compile_channel(ch, &p, &hub_name, &collections, &mut names, &mut issues) {
+                if let Some(c) =
+                    compile_channel(ch, &p, &hub_name, &collections, &mut names, &mut issues)
+                {
                     channels.push(c);
                 }
             }
@@ -241,7 +257,11 @@ fn parse_error(source: &str, path: String, message: String) -> TopologyError {
     };
     TopologyError::Parse {
         source_name: source.to_owned(),
-        path: if path == "." || path.is_empty() { "(document)".into() } else { path },
+        path: if path == "." || path.is_empty() {
+            "(document)".into()
+        } else {
+            path
+        },
         message,
         fix: fix.to_owned(),
     }
@@ -256,10 +276,18 @@ fn check_filter(f: &FilterDef, path: &str, issues: &mut Vec<Issue>) {
         ));
     }
     if f.values.is_empty() {
-        issues.push(issue(&format!("{path}.Values"), "empty Values", "list accepted values, or [\"*\"] for any"));
+        issues.push(issue(
+            &format!("{path}.Values"),
+            "empty Values",
+            "list accepted values, or [\"*\"] for any",
+        ));
     }
     if f.values.iter().any(|v| v.trim().is_empty()) {
-        issues.push(issue(&format!("{path}.Values"), "an empty value", "remove empty strings"));
+        issues.push(issue(
+            &format!("{path}.Values"),
+            "an empty value",
+            "remove empty strings",
+        ));
     }
 }
 
@@ -273,12 +301,24 @@ fn compile_channel(
 ) -> Option<Channel> {
     let before = issues.len();
     if ch.name.trim().is_empty() {
-        issues.push(issue(&format!("{p}.Name"), "empty channel name", "give the channel a name"));
+        issues.push(issue(
+            &format!("{p}.Name"),
+            "empty channel name",
+            "give the channel a name",
+        ));
     } else if !names.insert(ch.name.clone()) {
-        issues.push(issue(&format!("{p}.Name"), &format!("duplicate channel name {:?} in this hub", ch.name), "give each channel of a hub a unique name"));
+        issues.push(issue(
+            &format!("{p}.Name"),
+            &format!("duplicate channel name {:?} in this hub", ch.name),
+            "give each channel of a hub a unique name",
+        ));
     }
     if ch.topic.trim().is_empty() {
-        issues.push(issue(&format!("{p}.Topic"), "empty topic", "name the client-facing topic, e.g. \"News\""));
+        issues.push(issue(
+            &format!("{p}.Topic"),
+            "empty topic",
+            "name the client-facing topic, e.g. \"News\"",
+        ));
     }
     let mut filters: Vec<(String, &FilterDef)> = ch
         .filters
@@ -286,10 +326,15 @@ fn compile_channel(
         .enumerate()
         .map(|(i, f)| (format!("{p}.Filters[{i}]"), f))
         .collect();
-    let refs = ch.filter_collections.iter().chain(ch.filter_collection.iter());
+    let refs = ch
+        .filter_collections
+        .iter()
+        .chain(ch.filter_collection.iter());
     for (i, name) in refs.enumerate() {
         match collections.get(name.as_str()) {
-            Some(fs) => filters.extend(fs.iter().map(|f| (format!("{p} (collection {name:?})"), f))),
+            Some(fs) => {
+                filters.extend(fs.iter().map(|f| (format!("{p} (collection {name:?})"), f)))
+            }
             None => issues.push(issue(
                 &format!("{p}.FilterCollections[{i}]"),
                 &format!("unknown filter collection {name:?}"),
@@ -321,7 +366,11 @@ fn compile_channel(
             let lp = format!("{p}.LookBack");
             match (lb.ttl_period_type.as_deref(), lb.ttl_value) {
                 (_, None | Some(0)) => {
-                    issues.push(issue(&format!("{lp}.TtlValue"), "enabled lookback without a positive TtlValue", "set TtlValue to 1 or more, or IsEnabled to false"));
+                    issues.push(issue(
+                        &format!("{lp}.TtlValue"),
+                        "enabled lookback without a positive TtlValue",
+                        "set TtlValue to 1 or more, or IsEnabled to false",
+                    ));
                     None
                 }
                 (Some("CalendarDay"), Some(n)) => Some(LookBack::CalendarDay(n)),
@@ -338,7 +387,11 @@ fn compile_channel(
         }
     };
     if ch.retention_minutes == Some(0) {
-        issues.push(issue(&format!("{p}.RetentionMinutes"), "zero retention", "use a positive number of minutes or leave it out"));
+        issues.push(issue(
+            &format!("{p}.RetentionMinutes"),
+            "zero retention",
+            "use a positive number of minutes or leave it out",
+        ));
     }
     if ch.ephemeral && (lookback.is_some() || ch.retention_minutes.is_some()) {
         issues.push(issue(
@@ -359,7 +412,9 @@ fn compile_channel(
         features,
         lookback,
         ephemeral: ch.ephemeral,
-        retention: ch.retention_minutes.map(|m| Duration::from_secs(u64::from(m) * 60)),
+        retention: ch
+            .retention_minutes
+            .map(|m| Duration::from_secs(u64::from(m) * 60)),
     })
 }
 
@@ -382,7 +437,9 @@ mod tests {
     }"#;
 
     fn err(text: &str) -> String {
-        Topology::from_json_str(text, "t.json").unwrap_err().to_string()
+        Topology::from_json_str(text, "t.json")
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -397,31 +454,69 @@ mod tests {
         let yaml = "Hubs:\n  - Name: Content\n    Channels:\n      - Name: News-[ScopeValue]\n        Topic: News\n        Filters:\n          - Type: Product Codes\n            Values: ['*']\n";
         let t = Topology::from_yaml_str(yaml, "t.yaml").unwrap();
         assert!(t.has_topic("News"));
-        let e = Topology::from_yaml_str("Hubs:\n  - Name: C\n    Chanels: []\n", "t.yaml").unwrap_err();
+        let e =
+            Topology::from_yaml_str("Hubs:\n  - Name: C\n    Chanels: []\n", "t.yaml").unwrap_err();
         assert!(e.to_string().contains("t.yaml: Hubs[0]"), "{e}");
     }
 
     #[test]
     fn errors_name_file_path_and_fix() {
-        let e = err(r#"{"Hubs":[{"Name":"C","Channels":[{"Name":"N","Topic":"T","Filters":[{"Type":"Product Code","Values":["*"]}]}]}]}"#);
-        assert!(e.contains("t.json: Hubs[0].Channels[0].Filters[0].Type: unknown filter type \"Product Code\""), "{e}");
-        assert!(e.contains("fix: use \"Product Codes\" or \"Feature Names\""), "{e}");
+        let e = err(
+            r#"{"Hubs":[{"Name":"C","Channels":[{"Name":"N","Topic":"T","Filters":[{"Type":"Product Code","Values":["*"]}]}]}]}"#,
+        );
+        assert!(
+            e.contains(
+                "t.json: Hubs[0].Channels[0].Filters[0].Type: unknown filter type \"Product Code\""
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("fix: use \"Product Codes\" or \"Feature Names\""),
+            "{e}"
+        );
 
-        let e = err(r#"{"Hubs":[{"Name":"C","Channels":[{"Name":"N-[ScopeValue]","Topic":"T"}]}]}"#);
-        assert!(e.contains("Hubs[0].Channels[0].Name: [ScopeValue] placeholder in a channel without filters"), "{e}");
+        let e =
+            err(r#"{"Hubs":[{"Name":"C","Channels":[{"Name":"N-[ScopeValue]","Topic":"T"}]}]}"#);
+        assert!(
+            e.contains(
+                "Hubs[0].Channels[0].Name: [ScopeValue] placeholder in a channel without filters"
+            ),
+            "{e}"
+        );
 
-        let e = err(r#"{"Hubs":[{"Name":"C","Channels":[{"Name":"N","Topic":"T"},{"Name":"N","Topic":"U"}]}]}"#);
-        assert!(e.contains("Hubs[0].Channels[1].Name: duplicate channel name \"N\""), "{e}");
+        let e = err(
+            r#"{"Hubs":[{"Name":"C","Channels":[{"Name":"N","Topic":"T"},{"Name":"N","Topic":"U"}]}]}"#,
+        );
+        assert!(
+            e.contains("Hubs[0].Channels[1].Name: duplicate channel name \"N\""),
+            "{e}"
+        );
 
-        let e = err(r#"{"Hubs":[{"Name":"C","Channels":[{"Name":"N","Topic":"T","FilterCollections":["Nope"]}]}]}"#);
-        assert!(e.contains("Hubs[0].Channels[0].FilterCollections[0]: unknown filter collection \"Nope\""), "{e}");
+        let e = err(
+            r#"{"Hubs":[{"Name":"C","Channels":[{"Name":"N","Topic":"T","FilterCollections":["Nope"]}]}]}"#,
+        );
+        assert!(
+            e.contains(
+                "Hubs[0].Channels[0].FilterCollections[0]: unknown filter collection \"Nope\""
+            ),
+            "{e}"
+        );
 
-        let e = err(r#"{"Hubs":[{"Name":"C","Channels":[{"Name":"N","Topic":"T","LookBack":{"IsEnabled":true,"TtlPeriodType":"Weeks","TtlValue":1}}]}]}"#);
-        assert!(e.contains("LookBack.TtlPeriodType: unknown TtlPeriodType \"Weeks\""), "{e}");
-        let e = err(r#"{"Hubs":[{"Name":"C","Channels":[{"Name":"N","Topic":"T","LookBack":{"IsEnabled":true,"TtlPeriodType":"Minutes","TtlValue":0}}]}]}"#);
+        let e = err(
+            r#"{"Hubs":[{"Name":"C","Channels":[{"Name":"N","Topic":"T","LookBack":{"IsEnabled":true,"TtlPeriodType":"Weeks","TtlValue":1}}]}]}"#,
+        );
+        assert!(
+            e.contains("LookBack.TtlPeriodType: unknown TtlPeriodType \"Weeks\""),
+            "{e}"
+        );
+        let e = err(
+            r#"{"Hubs":[{"Name":"C","Channels":[{"Name":"N","Topic":"T","LookBack":{"IsEnabled":true,"TtlPeriodType":"Minutes","TtlValue":0}}]}]}"#,
+        );
         assert!(e.contains("LookBack.TtlValue"), "{e}");
 
-        let e = err(r#"{"Hubs":[{"Name":"C","Channels":[{"Name":"N","Topic":"T","IsPublishable":true}]}]}"#);
+        let e = err(
+            r#"{"Hubs":[{"Name":"C","Channels":[{"Name":"N","Topic":"T","IsPublishable":true}]}]}"#,
+        );
         assert!(e.contains("Hubs[0].Channels[0]"), "{e}");
         assert!(e.contains("unknown field `IsPublishable`"), "{e}");
 
@@ -431,7 +526,9 @@ mod tests {
         let e = err("{\"Hubs\": [");
         assert!(e.contains("line 1"), "{e}");
         // All problems at once.
-        let e = err(r#"{"Hubs":[{"Name":"C","Channels":[{"Name":"A-[ScopeValue]","Topic":"T"},{"Name":"B","Topic":""}]}]}"#);
+        let e = err(
+            r#"{"Hubs":[{"Name":"C","Channels":[{"Name":"A-[ScopeValue]","Topic":"T"},{"Name":"B","Topic":""}]}]}"#,
+        );
         assert_eq!(e.lines().count(), 2, "{e}");
     }
 
@@ -445,7 +542,10 @@ mod tests {
         )
         .unwrap();
         let c = &t.channels[0];
-        assert_eq!(c.products, Some(Accept::Only(["A".to_owned(), "B".to_owned()].into())));
+        assert_eq!(
+            c.products,
+            Some(Accept::Only(["A".to_owned(), "B".to_owned()].into()))
+        );
         assert!(c.features.is_some());
     }
 }

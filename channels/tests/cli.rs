@@ -9,12 +9,19 @@ fn cli(args: &[&str]) -> (i32, String) {
         .args(args)
         .output()
         .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code().unwrap_or(-1), text)
 }
 
 fn example() -> String {
-    format!("{}/../deploy/topology.example.json", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/../deploy/topology.example.json",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 #[test]
@@ -28,19 +35,36 @@ fn check_accepts_the_examples_and_names_problems() {
     let dir = std::env::temp_dir().join(format!("sy-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.json");
-    std::fs::write(&bad, r#"{"Hubs":[{"Name":"C","Channels":[{"Name":"N-[ScopeValue]","Topic":"N"}]}]}"#).unwrap();
+    std::fs::write(
+        &bad,
+        r#"{"Hubs":[{"Name":"C","Channels":[{"Name":"N-[ScopeValue]","Topic":"N"}]}]}"#,
+    )
+    .unwrap();
     let (code, text) = cli(&["check", bad.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(text.contains("bad.json: Hubs[0].Channels[0].Name"), "{text}");
+    assert!(
+        text.contains("bad.json: Hubs[0].Channels[0].Name"),
+        "{text}"
+    );
     assert!(text.contains("fix:"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn explain_shows_channels_and_receivers() {
-    let (code, text) = cli(&["explain", &example(), "--topic", "News", "--products", "CHLT,Sfc"]);
+    let (code, text) = cli(&[
+        "explain",
+        &example(),
+        "--topic",
+        "News",
+        "--products",
+        "CHLT,Sfc",
+    ]);
     assert_eq!(code, 0);
-    assert!(text.contains("News-CHLT") && text.contains("News-Sfc"), "{text}");
+    assert!(
+        text.contains("News-CHLT") && text.contains("News-Sfc"),
+        "{text}"
+    );
 
     let dir = std::env::temp_dir().join(format!("sy-cli-ev-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -52,10 +76,23 @@ fn explain_shows_channels_and_receivers() {
         r#"[{"sub":"a","products":["CHLT","Sfc"]},{"sub":"b","products":["FullAccess"]},{"sub":"c","products":["Sfc"]}]"#,
     )
     .unwrap();
-    let (code, text) = cli(&["explain", &example(), "--event", ev.to_str().unwrap(), "--users", users.to_str().unwrap()]);
+    let (code, text) = cli(&[
+        "explain",
+        &example(),
+        "--event",
+        ev.to_str().unwrap(),
+        "--users",
+        users.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0);
-    assert!(text.contains("a: receives it once, via News-CHLT"), "{text}");
-    assert!(text.contains("b: receives it once, via News-FullAccess"), "{text}");
+    assert!(
+        text.contains("a: receives it once, via News-CHLT"),
+        "{text}"
+    );
+    assert!(
+        text.contains("b: receives it once, via News-FullAccess"),
+        "{text}"
+    );
     assert!(text.contains("c: does not receive it"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }

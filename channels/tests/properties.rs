@@ -31,10 +31,17 @@ fn accept() -> impl Strategy<Value = Option<Option<Vec<usize>>>> {
 }
 
 fn chan() -> impl Strategy<Value = ChanSpec> {
-    (any::<bool>(), accept(), accept(), 0..2usize).prop_map(|(placeholder, products, features, topic)| {
-        let placeholder = placeholder && (products.is_some() || features.is_some());
-        ChanSpec { placeholder, products, features, topic }
-    })
+    (any::<bool>(), accept(), accept(), 0..2usize).prop_map(
+        |(placeholder, products, features, topic)| {
+            let placeholder = placeholder && (products.is_some() || features.is_some());
+            ChanSpec {
+                placeholder,
+                products,
+                features,
+                topic,
+            }
+        },
+    )
 }
 
 fn to_json(chans: &[ChanSpec]) -> Value {
@@ -48,10 +55,13 @@ fn to_json(chans: &[ChanSpec]) -> Value {
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let filters: Vec<Value> = [filter(PRODUCT_CODES, &c.products, PRODUCTS), filter(FEATURE_NAMES, &c.features, FEATURES)]
-                .into_iter()
-                .flatten()
-                .collect();
+            let filters: Vec<Value> = [
+                filter(PRODUCT_CODES, &c.products, PRODUCTS),
+                filter(FEATURE_NAMES, &c.features, FEATURES),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             json!({
                 "Name": if c.placeholder { format!("C{i}-[ScopeValue]") } else { format!("C{i}") },
                 "Topic": format!("T{}", c.topic),
@@ -86,7 +96,11 @@ fn oracle_names(i: usize, c: &ChanSpec, products: &[&str], features: &[&str]) ->
         matched = pick(&c.features, features, FEATURES);
     }
     for m in matched {
-        out.insert(if c.placeholder { format!("C{i}-{m}") } else { format!("C{i}") });
+        out.insert(if c.placeholder {
+            format!("C{i}-{m}")
+        } else {
+            format!("C{i}")
+        });
     }
     out
 }

@@ -7,8 +7,8 @@
 //! never allowed to stall ingestion: gateways detect the missing sequence
 //! numbers and backfill from PostgreSQL.
 
-use redis::aio::ConnectionManager;
 use crate::event::LogEvent;
+use redis::aio::ConnectionManager;
 
 /// Counter of failed publishes.
 pub const REDIS_PUBLISH_ERRORS: &str = "switchyard_bridge_redis_publish_errors_total";
@@ -33,7 +33,9 @@ pub struct Publisher {
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher").field("prefix", &self.prefix).finish()
+        f.debug_struct("Publisher")
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 
@@ -59,8 +61,11 @@ impl Publisher {
         }
         let mut pipe = redis::pipe();
         for ev in events {
-            pipe.publish(live_channel(&self.prefix, &ev.topic), ev.encode_live(&self.epoch))
-                .ignore();
+            pipe.publish(
+                live_channel(&self.prefix, &ev.topic),
+                ev.encode_live(&self.epoch),
+            )
+            .ignore();
         }
         let mut conn = self.conn.clone();
         if let Err(e) = pipe.query_async::<()>(&mut conn).await {

@@ -132,8 +132,8 @@ const CHANNEL_CACHE_MAX: usize = 1_000_000;
 impl CursorLog {
     /// Connects, applies migrations and loads the log epoch.
     pub async fn connect(url: &str, opts: PoolOptions) -> Result<CursorLog, LogError> {
-        let mut pg = tokio_postgres::Config::from_str(url)
-            .map_err(|e| LogError::Config(e.to_string()))?;
+        let mut pg =
+            tokio_postgres::Config::from_str(url).map_err(|e| LogError::Config(e.to_string()))?;
         pg.connect_timeout(opts.connect_timeout);
         pg.application_name("switchyard");
         let mgr = Manager::from_config(
@@ -214,7 +214,10 @@ impl CursorLog {
                     .await?;
                 fetched.extend(rows.iter().map(|r| (r.get(1), r.get(0))));
             }
-            let mut cache = self.channel_cache.write().unwrap_or_else(|p| p.into_inner());
+            let mut cache = self
+                .channel_cache
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
             if cache.len() + fetched.len() > CHANNEL_CACHE_MAX {
                 cache.clear();
             }
@@ -336,8 +339,17 @@ impl CursorLog {
         tx.query(
             &insert_events,
             &[
-                &c_ids, &c_topics, &c_tenants, &c_users, &c_payloads, &c_cts, &c_created,
-                &c_expires, &p_ord, &p_ch, &p_seq,
+                &c_ids,
+                &c_topics,
+                &c_tenants,
+                &c_users,
+                &c_payloads,
+                &c_cts,
+                &c_created,
+                &c_expires,
+                &p_ord,
+                &p_ch,
+                &p_seq,
             ],
         )
         .await?;
@@ -402,10 +414,8 @@ impl CursorLog {
         let more = lists.values().any(|l| l.len() as i64 >= limit);
         // k-way merge by append order (pk), keeping each list's own order.
         type Row = (i64, i64, Arc<LogEvent>);
-        let mut queues: Vec<(i64, std::collections::VecDeque<Row>)> = lists
-            .into_iter()
-            .map(|(ch, l)| (ch, l.into()))
-            .collect();
+        let mut queues: Vec<(i64, std::collections::VecDeque<Row>)> =
+            lists.into_iter().map(|(ch, l)| (ch, l.into())).collect();
         let mut out = Vec::with_capacity(rows.len());
         loop {
             let next = queues

@@ -27,15 +27,21 @@ fn event(id: &str, channels: Vec<i64>, expires_in_secs: i64) -> NewEvent {
 async fn concurrent_writers_keep_sequences_dense_and_ids_unique() {
     let db = Database::create().await.unwrap();
     // Several processes starting at once all migrate safely.
-    let logs = futures::future::join_all((0..4).map(|_| CursorLog::connect(&db.url, PoolOptions::default())))
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
+    let logs = futures::future::join_all(
+        (0..4).map(|_| CursorLog::connect(&db.url, PoolOptions::default())),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()
+    .unwrap();
     assert!(logs.windows(2).all(|w| w[0].epoch() == w[1].epoch()));
     let keys: Vec<String> = (0..3).map(|i| format!("Content/News-{i}")).collect();
     let ids = logs[0].channel_ids(&keys).await.unwrap();
-    assert_eq!(ids, logs[1].channel_ids(&keys).await.unwrap(), "ids are stable");
+    assert_eq!(
+        ids,
+        logs[1].channel_ids(&keys).await.unwrap(),
+        "ids are stable"
+    );
 
     let writers = logs.iter().enumerate().map(|(w, log)| {
         let ids = ids.clone();
@@ -65,17 +71,28 @@ async fn concurrent_writers_keep_sequences_dense_and_ids_unique() {
     futures::future::join_all(writers).await;
 
     let client = db.client().await.unwrap();
-    let n_events: i64 = client.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
+    let n_events: i64 = client
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n_events, 2 * 25 * 8, "each id stored once");
     for &ch in &ids {
         let seqs: Vec<i64> = client
-            .query("SELECT seq FROM entries WHERE channel_id = $1 ORDER BY seq", &[&ch])
+            .query(
+                "SELECT seq FROM entries WHERE channel_id = $1 ORDER BY seq",
+                &[&ch],
+            )
             .await
             .unwrap()
             .iter()
             .map(|r| r.get(0))
             .collect();
-        assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "dense on channel {ch}");
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as i64).collect::<Vec<_>>(),
+            "dense on channel {ch}"
+        );
         let head = logs[0].heads(&[ch]).await.unwrap()[0].head;
         assert_eq!(head, seqs.len() as i64);
     }
@@ -95,7 +112,9 @@ async fn concurrent_writers_keep_sequences_dense_and_ids_unique() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_reads_follow_channel_order_and_dedupe_input() {
     let db = Database::create().await.unwrap();
-    let log = CursorLog::connect(&db.url, PoolOptions::default()).await.unwrap();
+    let log = CursorLog::connect(&db.url, PoolOptions::default())
+        .await
+        .unwrap();
     let ids = log
         .channel_ids(&["H/A".to_owned(), "H/B".to_owned()])
         .await
@@ -112,11 +131,18 @@ async fn replay_reads_follow_channel_order_and_dedupe_input() {
         .unwrap();
     assert_eq!(out.duplicates, vec!["2".to_owned()]);
     assert_eq!(out.appended.len(), 3);
-    let again = log.append_batch(&[event("3", vec![b], 3600)]).await.unwrap();
+    let again = log
+        .append_batch(&[event("3", vec![b], 3600)])
+        .await
+        .unwrap();
     assert!(again.appended.is_empty() && again.duplicates == ["3"]);
 
     let page = log.read_after(&[(a, 0), (b, 0)], None, 100).await.unwrap();
-    let rows: Vec<(i64, i64, String)> = page.rows.iter().map(|(c, s, e)| (*c, *s, e.event_id.clone())).collect();
+    let rows: Vec<(i64, i64, String)> = page
+        .rows
+        .iter()
+        .map(|(c, s, e)| (*c, *s, e.event_id.clone()))
+        .collect();
     // Per channel in sequence order; events in append order across channels.
     let mut per: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     for (c, s, _) in &rows {
@@ -139,11 +165,17 @@ async fn replay_reads_follow_channel_order_and_dedupe_input() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_removes_events_with_their_entries() {
     let db = Database::create().await.unwrap();
-    let log = CursorLog::connect(&db.url, PoolOptions::default()).await.unwrap();
-    let ch = log.channel_ids(&["H/R".to_owned()]).await.unwrap()[0];
-    log.append_batch(&[event("old1", vec![ch], -10), event("old2", vec![ch], -5), event("new", vec![ch], 3600)])
+    let log = CursorLog::connect(&db.url, PoolOptions::default())
         .await
         .unwrap();
+    let ch = log.channel_ids(&["H/R".to_owned()]).await.unwrap()[0];
+    log.append_batch(&[
+        event("old1", vec![ch], -10),
+        event("old2", vec![ch], -5),
+        event("new", vec![ch], 3600),
+    ])
+    .await
+    .unwrap();
     assert_eq!(log.sweep_expired(100).await.unwrap(), 2);
     let h = log.heads(&[ch]).await.unwrap()[0];
     assert_eq!((h.head, h.floor), (3, Some(3)));

@@ -79,7 +79,9 @@ pub struct Authenticator {
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let algs: Vec<_> = self.keys.iter().map(|k| k.0).collect();
-        f.debug_struct("Authenticator").field("algorithms", &algs).finish()
+        f.debug_struct("Authenticator")
+            .field("algorithms", &algs)
+            .finish()
     }
 }
 
@@ -101,7 +103,10 @@ impl Authenticator {
             } else if let Ok(k) = DecodingKey::from_ec_pem(pem.as_bytes()) {
                 keys.push((Algorithm::ES256, k));
             } else {
-                return Err("SWITCHYARD_JWT_PUBLIC_KEY is neither an RSA nor an EC (P-256) PEM public key".into());
+                return Err(
+                    "SWITCHYARD_JWT_PUBLIC_KEY is neither an RSA nor an EC (P-256) PEM public key"
+                        .into(),
+                );
             }
         }
         if keys.is_empty() {
@@ -157,7 +162,9 @@ impl Authenticator {
             return Err(AuthError::Claims("sub must be 1..=256 bytes".into()));
         }
         if c.products.len() > 1000 || c.features.len() > 1000 {
-            return Err(AuthError::Claims("at most 1000 products and features".into()));
+            return Err(AuthError::Claims(
+                "at most 1000 products and features".into(),
+            ));
         }
         Ok(Identity {
             user: c.sub.into(),
@@ -186,7 +193,12 @@ mod tests {
     }
 
     fn token(claims: serde_json::Value, secret: &str) -> String {
-        encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
     }
 
     fn auth() -> Authenticator {
@@ -210,7 +222,10 @@ mod tests {
         let a = auth();
         let expired = token(serde_json::json!({"sub":"u","exp":now()-120}), SECRET);
         assert!(matches!(a.verify(&expired), Err(AuthError::Expired)));
-        let forged = token(serde_json::json!({"sub":"u","exp":now()+60}), "another-secret-of-enough-length");
+        let forged = token(
+            serde_json::json!({"sub":"u","exp":now()+60}),
+            "another-secret-of-enough-length",
+        );
         assert!(matches!(a.verify(&forged), Err(AuthError::Signature)));
         let no_sub = token(serde_json::json!({"exp":now()+60}), SECRET);
         assert!(matches!(a.verify(&no_sub), Err(AuthError::Claims(_))));
@@ -239,10 +254,17 @@ mod tests {
 
     #[test]
     fn issuer_and_audience_are_checked_when_set() {
-        let a = Authenticator::new(Some(SECRET), None, Some("iss".into()), Some("aud".into())).unwrap();
-        let good = token(serde_json::json!({"sub":"u","exp":now()+60,"iss":"iss","aud":"aud"}), SECRET);
+        let a =
+            Authenticator::new(Some(SECRET), None, Some("iss".into()), Some("aud".into())).unwrap();
+        let good = token(
+            serde_json::json!({"sub":"u","exp":now()+60,"iss":"iss","aud":"aud"}),
+            SECRET,
+        );
         assert!(a.verify(&good).is_ok());
-        let bad = token(serde_json::json!({"sub":"u","exp":now()+60,"iss":"other","aud":"aud"}), SECRET);
+        let bad = token(
+            serde_json::json!({"sub":"u","exp":now()+60,"iss":"other","aud":"aud"}),
+            SECRET,
+        );
         assert!(matches!(a.verify(&bad), Err(AuthError::Claims(_))));
     }
 }

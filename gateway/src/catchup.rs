@@ -16,11 +16,11 @@
 use crate::fanout::{Command, GoLive, Shared, SubSpec};
 use crate::metrics as m;
 use crate::protocol;
+use crate::replay::{plan_page, Action};
 use crate::session::Outbound;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use crate::replay::{plan_page, Action};
-use std::collections::HashMap;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 /// A subscription's replay positions, shared with its shard.
@@ -68,7 +68,11 @@ pub(crate) async fn run(shared: Arc<Shared>, shard: mpsc::Sender<Command>, job: 
             // Read until the head.
             loop {
                 let positions = job.progress.snapshot().await;
-                let page = match shared.log.read_after(&positions, None, shared.replay_page).await {
+                let page = match shared
+                    .log
+                    .read_after(&positions, None, shared.replay_page)
+                    .await
+                {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::debug!(error = %e, topic = %spec.topic, "replay read failed; retrying");
@@ -164,7 +168,11 @@ async fn deliver(shared: &Shared, spec: &SubSpec, progress: &Progress, action: A
             }
             return Flow::Skipped;
         }
-        Action::Event { event, fresh, earlier } => (event, fresh, earlier),
+        Action::Event {
+            event,
+            fresh,
+            earlier,
+        } => (event, fresh, earlier),
     };
     let before = guard.clone();
     for (ch, seq) in &fresh {

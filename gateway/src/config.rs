@@ -59,16 +59,21 @@ impl GatewayConfig {
         let jwt_public_key_pem = match s.get("SWITCHYARD_JWT_PUBLIC_KEY") {
             None => None,
             Some(v) if v.contains("-----BEGIN") => Some(v.to_owned()),
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
-                var: "SWITCHYARD_JWT_PUBLIC_KEY".into(),
-                value: path.to_owned(),
-                reason: format!("neither a PEM key nor a readable file: {e}"),
-            })?),
+            Some(path) => {
+                Some(
+                    std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+                        var: "SWITCHYARD_JWT_PUBLIC_KEY".into(),
+                        value: path.to_owned(),
+                        reason: format!("neither a PEM key nor a readable file: {e}"),
+                    })?,
+                )
+            }
         };
         if jwt_hs256_secret.is_none() && jwt_public_key_pem.is_none() {
             return Err(ConfigError::Missing {
                 var: "SWITCHYARD_JWT_HS256_SECRET or SWITCHYARD_JWT_PUBLIC_KEY".into(),
-                hint: "set a shared HS256 secret, or a PEM public key (RS256/ES256) or its path".into(),
+                hint: "set a shared HS256 secret, or a PEM public key (RS256/ES256) or its path"
+                    .into(),
             });
         }
         if let Some(secret) = &jwt_hs256_secret {
@@ -86,7 +91,10 @@ impl GatewayConfig {
                 "a PostgreSQL URL such as postgres://postgres@127.0.0.1:5432/switchyard",
             )?,
             pg_pool_size: s.parse_or("SWITCHYARD_PG_POOL_SIZE", 16)?,
-            redis_url: s.required("SWITCHYARD_REDIS_URL", "a Redis URL such as redis://127.0.0.1:6379")?,
+            redis_url: s.required(
+                "SWITCHYARD_REDIS_URL",
+                "a Redis URL such as redis://127.0.0.1:6379",
+            )?,
             redis_prefix: s.string_or("SWITCHYARD_REDIS_PREFIX", "switchyard"),
             topology: PathBuf::from(s.required(
                 "SWITCHYARD_TOPOLOGY",
@@ -110,7 +118,9 @@ impl GatewayConfig {
             replay_page: s.parse_or("SWITCHYARD_REPLAY_PAGE", 1000)?,
             catchup_concurrency: s.parse_or("SWITCHYARD_CATCHUP_CONCURRENCY", 32)?,
             max_publish_bytes: s.parse_or("SWITCHYARD_MAX_PUBLISH_BYTES", 32 * 1024)?,
-            retention: Duration::from_secs(60 * s.parse_or::<u64>("SWITCHYARD_RETENTION_MINUTES", 1440)?),
+            retention: Duration::from_secs(
+                60 * s.parse_or::<u64>("SWITCHYARD_RETENTION_MINUTES", 1440)?,
+            ),
         })
     }
 }

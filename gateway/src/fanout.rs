@@ -179,7 +179,10 @@ impl Fanout {
 
     /// Feeds a live event from Redis.
     pub async fn live(&self, ev: LogEvent) {
-        let _ = self.shard(&ev.topic).send(Command::Live(Arc::new(ev))).await;
+        let _ = self
+            .shard(&ev.topic)
+            .send(Command::Live(Arc::new(ev)))
+            .await;
     }
 
     /// Redis reconnected: every shard backfills from PostgreSQL.
@@ -195,16 +198,27 @@ impl Fanout {
     }
 
     /// Removes a subscription; returns its positions when they are known.
-    pub async fn remove(&self, topic: &str, id: SubId, want_positions: bool) -> Option<Vec<(i64, i64)>> {
+    pub async fn remove(
+        &self,
+        topic: &str,
+        id: SubId,
+        want_positions: bool,
+    ) -> Option<Vec<(i64, i64)>> {
         if want_positions {
             let (tx, rx) = oneshot::channel();
             let _ = self
                 .shard(topic)
-                .send(Command::Remove { id, reply: Some(tx) })
+                .send(Command::Remove {
+                    id,
+                    reply: Some(tx),
+                })
                 .await;
             rx.await.ok().flatten()
         } else {
-            let _ = self.shard(topic).send(Command::Remove { id, reply: None }).await;
+            let _ = self
+                .shard(topic)
+                .send(Command::Remove { id, reply: None })
+                .await;
             None
         }
     }
@@ -389,11 +403,7 @@ impl Shard {
         channels
             .iter()
             .map(|ch| {
-                let ls = self
-                    .channels
-                    .get(ch)
-                    .and_then(|s| s.last_seen)
-                    .unwrap_or(0);
+                let ls = self.channels.get(ch).and_then(|s| s.last_seen).unwrap_or(0);
                 (*ch, ls)
             })
             .collect()
@@ -497,7 +507,10 @@ impl Shard {
                 if earlier {
                     continue;
                 }
-                let key = (Arc::as_ptr(&sub.channels) as *const i64 as usize, sub.spec.protocol);
+                let key = (
+                    Arc::as_ptr(&sub.channels) as *const i64 as usize,
+                    sub.spec.protocol,
+                );
                 let frame = match frames.get(&key) {
                     Some(f) => f.clone(),
                     None => {
@@ -595,7 +608,11 @@ impl Shard {
     /// order. When PostgreSQL cannot be read, every live subscription of the
     /// shard is demoted to catch-up (each recovers on its own once the log
     /// answers) and an error is returned.
-    async fn node_backfill(&mut self, reason: &'static str, bound: Option<HashMap<i64, i64>>) -> Result<(), ()> {
+    async fn node_backfill(
+        &mut self,
+        reason: &'static str,
+        bound: Option<HashMap<i64, i64>>,
+    ) -> Result<(), ()> {
         let tracked: Vec<i64> = self
             .channels
             .iter()
@@ -668,7 +685,10 @@ impl Shard {
             let mut pos: HashMap<i64, i64> = reads.iter().copied().collect();
             let actions = replay::plan_page(&page.rows, &mut pos);
             if actions.is_empty() {
-                tracing::warn!(reason, "backfill made no progress; leaving it to the next head check");
+                tracing::warn!(
+                    reason,
+                    "backfill made no progress; leaving it to the next head check"
+                );
                 return Ok(());
             }
             for action in actions {

@@ -126,7 +126,9 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
         .await
         .context("connecting to Redis (SWITCHYARD_REDIS_URL)")?;
     let background = CancellationToken::new();
-    let shards = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let shards = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     let fanout = fanout::Fanout::start(
         shards,
         log.clone(),
@@ -207,7 +209,10 @@ impl Running {
         self.tracker.close();
         let left = tokio::time::timeout(grace, self.tracker.wait()).await;
         if left.is_err() {
-            tracing::warn!(remaining = self.tracker.len(), "drain grace elapsed; closing remaining connections");
+            tracing::warn!(
+                remaining = self.tracker.len(),
+                "drain grace elapsed; closing remaining connections"
+            );
         }
         self.background.cancel();
         tracing::info!("gateway stopped");

@@ -7,9 +7,8 @@
 //! ([`crate::replay::plan_page`]), so the guarantees (complete, once,
 //! ordered, scoped) hold across both transports and a client may switch.
 
-use crate::replay::{plan_page, Action};
-use std::collections::HashMap;
 use crate::protocol::{self, ErrorCode, Protocol};
+use crate::replay::{plan_page, Action};
 use crate::server::{authenticate, json_error, query_param, Body};
 use crate::Node;
 use bytes::Bytes;
@@ -17,6 +16,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -24,24 +24,37 @@ use tokio_util::sync::CancellationToken;
 const MAX_TIMEOUT_MS: u64 = 60_000;
 const MAX_MESSAGES: usize = 1000;
 
-pub(crate) async fn handle(req: Request<Incoming>, node: Arc<Node>, drain: CancellationToken) -> Response<Body> {
+pub(crate) async fn handle(
+    req: Request<Incoming>,
+    node: Arc<Node>,
+    drain: CancellationToken,
+) -> Response<Body> {
     let identity = match authenticate(&node, &req) {
         Ok(i) => i,
         Err(resp) => return *resp,
     };
     let query = req.uri().query().unwrap_or("");
     let Some(topic) = query_param(query, "topic").filter(|t| !t.is_empty()) else {
-        return json_error(StatusCode::BAD_REQUEST, "bad_request", "missing topic parameter");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "missing topic parameter",
+        );
     };
     let cursor = query_param(query, "cursor").filter(|c| !c.is_empty());
     let timeout_ms = match query_param(query, "timeout_ms").map(|t| t.parse::<u64>()) {
         None => 25_000,
         Some(Ok(t)) => t.min(MAX_TIMEOUT_MS),
         Some(Err(_)) => {
-            return json_error(StatusCode::BAD_REQUEST, "bad_request", "timeout_ms must be a number of milliseconds")
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "timeout_ms must be a number of milliseconds",
+            )
         }
     };
-    let plan = match crate::subscribe::plan(&node, &identity, &topic, cursor.as_deref(), None).await {
+    let plan = match crate::subscribe::plan(&node, &identity, &topic, cursor.as_deref(), None).await
+    {
         Ok(p) => p,
         Err((code, msg)) => {
             let status = match code {
@@ -62,11 +75,19 @@ pub(crate) async fn handle(req: Request<Incoming>, node: Arc<Node>, drain: Cance
         tokio::pin!(notified);
         notified.as_mut().enable();
         loop {
-            let page = match node.log.read_after(&positions, None, node.cfg.replay_page).await {
+            let page = match node
+                .log
+                .read_after(&positions, None, node.cfg.replay_page)
+                .await
+            {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(error = %e, "long-poll read failed");
-                    return json_error(StatusCode::SERVICE_UNAVAILABLE, "internal", "the message log is unavailable; retry shortly");
+                    return json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "internal",
+                        "the message log is unavailable; retry shortly",
+                    );
                 }
             };
             let mut pos: HashMap<i64, i64> = positions.iter().copied().collect();
@@ -78,16 +99,26 @@ pub(crate) async fn handle(req: Request<Incoming>, node: Arc<Node>, drain: Cance
                         set(&mut positions, channel, to);
                         continue;
                     }
-                    Action::Event { event, fresh, earlier } => (event, fresh, earlier),
+                    Action::Event {
+                        event,
+                        fresh,
+                        earlier,
+                    } => (event, fresh, earlier),
                 };
                 for (ch, seq) in &fresh {
                     set(&mut positions, *ch, *seq);
                 }
-                let for_other_user = event.user_id.as_deref().is_some_and(|u| u != &*identity.user);
+                let for_other_user = event
+                    .user_id
+                    .as_deref()
+                    .is_some_and(|u| u != &*identity.user);
                 if earlier || for_other_user {
                     continue;
                 }
-                let cursor = switchyard_cursorlog::cursor::encode_parts(node.log.epoch(), positions.iter().copied());
+                let cursor = switchyard_cursorlog::cursor::encode_parts(
+                    node.log.epoch(),
+                    positions.iter().copied(),
+                );
                 messages.push(protocol::encode_message(Protocol::Json, &event, &cursor));
                 if messages.len() >= MAX_MESSAGES {
                     break;
@@ -110,7 +141,8 @@ pub(crate) async fn handle(req: Request<Incoming>, node: Arc<Node>, drain: Cance
             _ = drain.cancelled() => break,
         }
     }
-    let cursor = switchyard_cursorlog::cursor::encode_parts(node.log.epoch(), positions.iter().copied());
+    let cursor =
+        switchyard_cursorlog::cursor::encode_parts(node.log.epoch(), positions.iter().copied());
     let mut body = Vec::with_capacity(64 + messages.iter().map(|m| m.len() + 1).sum::<usize>());
     body.extend_from_slice(b"{\"messages\":[");
     for (i, m) in messages.iter().enumerate() {

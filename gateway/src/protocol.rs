@@ -86,14 +86,36 @@ impl ErrorCode {
 /// A server reply other than `message`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reply<'a> {
-    Welcome { connection_id: &'a str, user: &'a str },
-    Subscribed { id: u64, topic: &'a str, recovered: bool },
-    Unsubscribed { id: u64, topic: &'a str },
-    Published { id: u64 },
-    Pong { id: u64 },
-    Refreshed { id: u64 },
-    Error { id: Option<u64>, code: ErrorCode, message: &'a str },
-    Reconnect { after_ms: u64 },
+    Welcome {
+        connection_id: &'a str,
+        user: &'a str,
+    },
+    Subscribed {
+        id: u64,
+        topic: &'a str,
+        recovered: bool,
+    },
+    Unsubscribed {
+        id: u64,
+        topic: &'a str,
+    },
+    Published {
+        id: u64,
+    },
+    Pong {
+        id: u64,
+    },
+    Refreshed {
+        id: u64,
+    },
+    Error {
+        id: Option<u64>,
+        code: ErrorCode,
+        message: &'a str,
+    },
+    Reconnect {
+        after_ms: u64,
+    },
 }
 
 #[derive(Deserialize)]
@@ -124,8 +146,12 @@ fn bad(id: Option<u64>, message: impl Into<String>) -> BadFrame {
 }
 
 fn parse_json(data: &[u8]) -> Result<Request, BadFrame> {
-    let f: JsonFrame<'_> = serde_json::from_slice(data)
-        .map_err(|e| bad(None, format!("frame is not a JSON object of the protocol: {e}")))?;
+    let f: JsonFrame<'_> = serde_json::from_slice(data).map_err(|e| {
+        bad(
+            None,
+            format!("frame is not a JSON object of the protocol: {e}"),
+        )
+    })?;
     let id = match f.id {
         None => 0,
         Some(serde_json::Value::Number(n)) => n
@@ -171,8 +197,12 @@ fn parse_json(data: &[u8]) -> Result<Request, BadFrame> {
 }
 
 fn parse_proto(data: &[u8]) -> Result<Request, BadFrame> {
-    let f = pb::ClientFrame::decode(data)
-        .map_err(|e| bad(None, format!("frame is not a switchyard.v1.ClientFrame: {e}")))?;
+    let f = pb::ClientFrame::decode(data).map_err(|e| {
+        bad(
+            None,
+            format!("frame is not a switchyard.v1.ClientFrame: {e}"),
+        )
+    })?;
     let id = f.id;
     let topic = |t: String| -> Result<String, BadFrame> {
         if t.is_empty() || t.len() > 256 {
@@ -221,10 +251,17 @@ pub fn encode_reply(protocol: Protocol, reply: &Reply<'_>) -> Bytes {
 fn reply_json(reply: &Reply<'_>) -> serde_json::Value {
     use serde_json::json;
     match *reply {
-        Reply::Welcome { connection_id, user } => {
+        Reply::Welcome {
+            connection_id,
+            user,
+        } => {
             json!({"type":"welcome","connection_id":connection_id,"user":user})
         }
-        Reply::Subscribed { id, topic, recovered } => {
+        Reply::Subscribed {
+            id,
+            topic,
+            recovered,
+        } => {
             json!({"type":"subscribed","id":id,"topic":topic,"recovered":recovered})
         }
         Reply::Unsubscribed { id, topic } => json!({"type":"unsubscribed","id":id,"topic":topic}),
@@ -242,14 +279,21 @@ fn reply_json(reply: &Reply<'_>) -> serde_json::Value {
 fn reply_proto(reply: &Reply<'_>) -> pb::ServerFrame {
     use pb::server_frame::Kind;
     let (id, kind) = match *reply {
-        Reply::Welcome { connection_id, user } => (
+        Reply::Welcome {
+            connection_id,
+            user,
+        } => (
             0,
             Kind::Welcome(pb::Welcome {
                 connection_id: connection_id.into(),
                 user: user.into(),
             }),
         ),
-        Reply::Subscribed { id, topic, recovered } => (
+        Reply::Subscribed {
+            id,
+            topic,
+            recovered,
+        } => (
             id,
             Kind::Subscribed(pb::Subscribed {
                 topic: topic.into(),
@@ -343,16 +387,26 @@ mod tests {
         let p = |s: &str| parse(Protocol::Json, s.as_bytes());
         assert_eq!(
             p(r#"{"type":"subscribe","id":1,"topic":"News","cursor":"abc"}"#).unwrap(),
-            Request::Subscribe { id: 1, topic: "News".into(), cursor: Some("abc".into()) }
+            Request::Subscribe {
+                id: 1,
+                topic: "News".into(),
+                cursor: Some("abc".into())
+            }
         );
-        assert_eq!(p(r#"{"type":"ping","id":4}"#).unwrap(), Request::Ping { id: 4 });
+        assert_eq!(
+            p(r#"{"type":"ping","id":4}"#).unwrap(),
+            Request::Ping { id: 4 }
+        );
         assert!(matches!(
             p(r#"{"type":"publish","id":3,"topic":"Chat","payload":{"a":1}}"#).unwrap(),
             Request::Publish { id: 3, ref payload, .. } if &payload[..] == br#"{"a":1}"#
         ));
         assert_eq!(
             p(r#"{"type":"refresh","id":5,"token":"t"}"#).unwrap(),
-            Request::Refresh { id: 5, token: "t".into() }
+            Request::Refresh {
+                id: 5,
+                token: "t".into()
+            }
         );
     }
 
@@ -407,7 +461,11 @@ mod tests {
         };
         assert_eq!(
             parse(Protocol::Proto, &f.encode_to_vec()).unwrap(),
-            Request::Subscribe { id: 9, topic: "News".into(), cursor: None }
+            Request::Subscribe {
+                id: 9,
+                topic: "News".into(),
+                cursor: None
+            }
         );
     }
 }

@@ -54,7 +54,10 @@ pub async fn publish(
     let mut ephemeral = Vec::new();
     for (c, id) in resolved.iter().zip(ids) {
         if c.ephemeral {
-            ephemeral.push(Entry { channel: id, seq: 0 });
+            ephemeral.push(Entry {
+                channel: id,
+                seq: 0,
+            });
         } else {
             log_channels.push(c.clone());
             log_ids.push(id);

@@ -34,7 +34,10 @@ pub(crate) enum Action {
 
 /// Plans a page of rows against `pos` (tracked channels and their last
 /// handled sequence), advancing `pos` as the actions will.
-pub(crate) fn plan_page(rows: &[(i64, i64, Arc<LogEvent>)], pos: &mut HashMap<i64, i64>) -> Vec<Action> {
+pub(crate) fn plan_page(
+    rows: &[(i64, i64, Arc<LogEvent>)],
+    pos: &mut HashMap<i64, i64>,
+) -> Vec<Action> {
     let mut actions = Vec::new();
     let mut first_seen: HashSet<i64> = HashSet::new();
     for (ch, seq, _) in rows {
@@ -68,7 +71,9 @@ pub(crate) fn plan_page(rows: &[(i64, i64, Arc<LogEvent>)], pos: &mut HashMap<i6
         let mut earlier = false;
         let mut ahead = false;
         for e in ev.entries.iter().filter(|e| e.seq > 0) {
-            let Some(p) = pos.get(&e.channel) else { continue };
+            let Some(p) = pos.get(&e.channel) else {
+                continue;
+            };
             if e.seq <= *p {
                 earlier = true;
             } else if e.seq == *p + 1 {
@@ -122,7 +127,11 @@ mod tests {
         actions
             .iter()
             .filter_map(|a| match a {
-                Action::Event { event, earlier: false, .. } => Some(event.event_id.clone()),
+                Action::Event {
+                    event,
+                    earlier: false,
+                    ..
+                } => Some(event.event_id.clone()),
                 _ => None,
             })
             .collect()
@@ -142,11 +151,14 @@ mod tests {
             .collect();
         // Page in merged append order.
         let rows = vec![
-            (1, 1, e[0].clone()), (2, 1, e[0].clone()),
+            (1, 1, e[0].clone()),
+            (2, 1, e[0].clone()),
             (1, 2, e[1].clone()),
-            (1, 3, e[2].clone()), (2, 2, e[2].clone()),
+            (1, 3, e[2].clone()),
+            (2, 2, e[2].clone()),
             (1, 4, e[3].clone()),
-            (1, 5, e[4].clone()), (2, 3, e[4].clone()),
+            (1, 5, e[4].clone()),
+            (2, 3, e[4].clone()),
         ];
         let mut pos = HashMap::from([(1, 0), (2, 0)]);
         assert_eq!(ids(&plan_page(&rows, &mut pos)), ["1", "2", "3", "4", "5"]);

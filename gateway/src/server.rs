@@ -36,8 +36,15 @@ pub(crate) fn json_error(status: StatusCode, code: &str, message: &str) -> Respo
 
 /// The bearer token of a request: `Authorization: Bearer` or `?access_token=`.
 pub(crate) fn token_of(req: &Request<Incoming>) -> Option<String> {
-    if let Some(v) = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        if let Some(t) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
+    if let Some(v) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(t) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
             return Some(t.trim().to_owned());
         }
     }
@@ -75,7 +82,10 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub(crate) fn authenticate(node: &Node, req: &Request<Incoming>) -> Result<Identity, Box<Response<Body>>> {
+pub(crate) fn authenticate(
+    node: &Node,
+    req: &Request<Incoming>,
+) -> Result<Identity, Box<Response<Body>>> {
     let verified = match token_of(req) {
         None => Err(AuthError::Missing),
         Some(t) => node.auth.verify(&t),
@@ -83,7 +93,11 @@ pub(crate) fn authenticate(node: &Node, req: &Request<Incoming>) -> Result<Ident
     verified.map_err(|e| {
         metrics::counter!(m::AUTH_FAILURES, "reason" => e.reason()).increment(1);
         metrics::counter!(m::CONNECTIONS_TOTAL, "result" => "unauthorized").increment(1);
-        Box::new(json_error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()))
+        Box::new(json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            &e.to_string(),
+        ))
     })
 }
 
@@ -143,9 +157,16 @@ async fn route(
         "/healthz" => switchyard_ops::admin::text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match node.ready().await {
             Ok(()) => switchyard_ops::admin::text(StatusCode::OK, "ready\n".into()),
-            Err(why) => switchyard_ops::admin::text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+            Err(why) => switchyard_ops::admin::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
         },
-        _ => json_error(StatusCode::NOT_FOUND, "bad_request", "no such endpoint; use /v1/ws or /v1/poll"),
+        _ => json_error(
+            StatusCode::NOT_FOUND,
+            "bad_request",
+            "no such endpoint; use /v1/ws or /v1/poll",
+        ),
     }
 }
 
@@ -156,10 +177,18 @@ fn upgrade(
     tracker: TaskTracker,
 ) -> Response<Body> {
     if node.draining.load(Ordering::Relaxed) {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "internal", "node is draining; connect to another node");
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "internal",
+            "node is draining; connect to another node",
+        );
     }
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        return json_error(StatusCode::BAD_REQUEST, "bad_request", "expected a WebSocket upgrade");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "expected a WebSocket upgrade",
+        );
     }
     if !node.cfg.allowed_origins.is_empty() {
         let origin = req.headers().get("origin").and_then(|v| v.to_str().ok());
@@ -219,9 +248,18 @@ mod tests {
 
     #[test]
     fn query_parameters_are_decoded() {
-        assert_eq!(query_param("a=1&access_token=x%2Ey", "access_token").as_deref(), Some("x.y"));
-        assert_eq!(query_param("topic=News+Flash", "topic").as_deref(), Some("News Flash"));
-        assert_eq!(query_param("cursor=%zz%", "cursor").as_deref(), Some("%zz%"));
+        assert_eq!(
+            query_param("a=1&access_token=x%2Ey", "access_token").as_deref(),
+            Some("x.y")
+        );
+        assert_eq!(
+            query_param("topic=News+Flash", "topic").as_deref(),
+            Some("News Flash")
+        );
+        assert_eq!(
+            query_param("cursor=%zz%", "cursor").as_deref(),
+            Some("%zz%")
+        );
         assert_eq!(query_param("x", "x"), None);
     }
 }

@@ -192,7 +192,10 @@ pub(crate) async fn run<S>(
     drop(session);
     drop(tx);
     let mut writer = writer;
-    if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+        .await
+        .is_err()
+    {
         conn_cancel.cancel();
         let _ = writer.await;
     }
@@ -283,7 +286,10 @@ impl Session {
     async fn send(&self, reply: Reply<'_>) {
         let _ = self
             .tx
-            .send(Outbound::Frame(protocol::encode_reply(self.protocol, &reply)))
+            .send(Outbound::Frame(protocol::encode_reply(
+                self.protocol,
+                &reply,
+            )))
             .await;
     }
 
@@ -294,7 +300,9 @@ impl Session {
 
     async fn handle(&mut self, data: &[u8]) {
         if !self.rate.allow() {
-            let id = protocol::parse(self.protocol, data).ok().map(|r| request_id(&r));
+            let id = protocol::parse(self.protocol, data)
+                .ok()
+                .map(|r| request_id(&r));
             self.error(id, ErrorCode::RateLimited, "too many requests; slow down")
                 .await;
             return;
@@ -302,7 +310,8 @@ impl Session {
         let req = match protocol::parse(self.protocol, data) {
             Ok(r) => r,
             Err(bad) => {
-                self.error(bad.id, ErrorCode::BadRequest, &bad.message).await;
+                self.error(bad.id, ErrorCode::BadRequest, &bad.message)
+                    .await;
                 return;
             }
         };
@@ -320,7 +329,15 @@ impl Session {
                 topic,
                 payload,
                 content_type,
-            } => match crate::publish::publish(&self.node, &self.identity, &topic, payload, content_type).await {
+            } => match crate::publish::publish(
+                &self.node,
+                &self.identity,
+                &topic,
+                payload,
+                content_type,
+            )
+            .await
+            {
                 Ok(()) => self.send(Reply::Published { id }).await,
                 Err((code, msg)) => self.error(Some(id), code, &msg).await,
             },
@@ -376,7 +393,13 @@ impl Session {
             tx: self.tx.clone(),
             cancel: CancellationToken::new(),
         };
-        self.subs.insert(topic, ActiveSub { id: sub_id, channels });
+        self.subs.insert(
+            topic,
+            ActiveSub {
+                id: sub_id,
+                channels,
+            },
+        );
         self.node.fanout.register(spec, positions).await;
     }
 
@@ -385,7 +408,8 @@ impl Session {
             Ok(i) => i,
             Err(e) => {
                 metrics::counter!(m::AUTH_FAILURES, "reason" => e.reason()).increment(1);
-                self.error(Some(id), ErrorCode::Unauthorized, &e.to_string()).await;
+                self.error(Some(id), ErrorCode::Unauthorized, &e.to_string())
+                    .await;
                 return;
             }
         };
@@ -431,9 +455,14 @@ impl Session {
             }
             let positions = self.node.fanout.remove(&topic, old_id, true).await;
             self.subs.remove(&topic);
-            let plan =
-                crate::subscribe::plan(&self.node, &self.identity, &topic, None, positions.as_deref())
-                    .await;
+            let plan = crate::subscribe::plan(
+                &self.node,
+                &self.identity,
+                &topic,
+                None,
+                positions.as_deref(),
+            )
+            .await;
             match plan {
                 Ok(plan) => {
                     tracing::debug!(topic, "subscription re-resolved");
@@ -505,7 +534,8 @@ async fn write_loop<W>(
     };
     let mut buf: Vec<u8> = Vec::new();
     let mut batch: Vec<Outbound> = Vec::with_capacity(64);
-    let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+    let mut keepalive =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
     let expiry_sleep = |exp: u64| {
         let left = exp.saturating_sub(now_secs());
         tokio::time::Instant::now() + Duration::from_secs(left)

@@ -13,14 +13,20 @@ const T: Duration = Duration::from_secs(20);
 
 async fn stack() -> Stack {
     require_servers();
-    Stack::start(StackOptions::default()).await.expect("stack starts")
+    Stack::start(StackOptions::default())
+        .await
+        .expect("stack starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_publish_only_where_the_topology_allows() {
     let s = stack().await;
-    let mut alice = Client::connect(&s.gateway(0).ws_url(), &token("alice", &["CHLT"], &[], 600)).await.unwrap();
-    let mut bob = Client::connect(&s.gateway(1).ws_url(), &token("bob", &["Sfc"], &[], 600)).await.unwrap();
+    let mut alice = Client::connect(&s.gateway(0).ws_url(), &token("alice", &["CHLT"], &[], 600))
+        .await
+        .unwrap();
+    let mut bob = Client::connect(&s.gateway(1).ws_url(), &token("bob", &["Sfc"], &[], 600))
+        .await
+        .unwrap();
     bob.subscribe("Chat", None).await.unwrap();
     let id = alice
         .request(json!({"type": "publish", "topic": "Chat", "payload": {"text": "hi"}}))
@@ -37,72 +43,125 @@ async fn users_publish_only_where_the_topology_allows() {
         .unwrap();
     alice.reply(id, T).await.unwrap();
     bob.messages(1, T).await.unwrap();
-    let mut late = Client::connect(&s.gateway(0).ws_url(), &token("bob", &["Sfc"], &[], 600)).await.unwrap();
+    let mut late = Client::connect(&s.gateway(0).ws_url(), &token("bob", &["Sfc"], &[], 600))
+        .await
+        .unwrap();
     let r = late.subscribe("Chat", Some(&cursor)).await.unwrap();
     assert_eq!(r["recovered"], true);
-    assert_eq!(late.messages(1, T).await.unwrap()[0]["payload"]["text"], "second");
+    assert_eq!(
+        late.messages(1, T).await.unwrap()[0]["payload"]["text"],
+        "second"
+    );
     // News is not publishable by users; unknown topics and bad payloads are refused.
-    let id = alice.request(json!({"type": "publish", "topic": "News", "payload": {}})).await.unwrap();
+    let id = alice
+        .request(json!({"type": "publish", "topic": "News", "payload": {}}))
+        .await
+        .unwrap();
     assert_eq!(alice.reply(id, T).await.unwrap()["code"], "not_publishable");
-    let id = alice.request(json!({"type": "publish", "topic": "Nope", "payload": {}})).await.unwrap();
+    let id = alice
+        .request(json!({"type": "publish", "topic": "Nope", "payload": {}}))
+        .await
+        .unwrap();
     assert_eq!(alice.reply(id, T).await.unwrap()["code"], "bad_request");
     let big = "x".repeat(40 * 1024);
-    let id = alice.request(json!({"type": "publish", "topic": "Chat", "payload": big})).await.unwrap();
+    let id = alice
+        .request(json!({"type": "publish", "topic": "Chat", "payload": big}))
+        .await
+        .unwrap();
     assert_eq!(alice.reply(id, T).await.unwrap()["code"], "too_large");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_targeted_events_wait_for_their_user() {
     let s = stack().await;
-    let mut other = Client::connect(&s.gateway(0).ws_url(), &token("someone-else", &[], &[], 600)).await.unwrap();
+    let mut other = Client::connect(
+        &s.gateway(0).ws_url(),
+        &token("someone-else", &[], &[], 600),
+    )
+    .await
+    .unwrap();
     other.subscribe("Notifications", None).await.unwrap();
-    let note = |id: &str, user: &str| {
-        json!({"id": id, "topic": "Notifications", "user_id": user, "payload": {"for": user}, "created_at_ms": now_ms()})
-    };
+    let note = |id: &str, user: &str| json!({"id": id, "topic": "Notifications", "user_id": user, "payload": {"for": user}, "created_at_ms": now_ms()});
     // u-42 is offline when these are produced.
-    s.produce(&[note("n1", "u-42"), note("n2", "u-7"), note("n3", "u-42")]).await.unwrap();
+    s.produce(&[note("n1", "u-42"), note("n2", "u-7"), note("n3", "u-42")])
+        .await
+        .unwrap();
     let got = other.messages(0, T).await.unwrap();
     assert!(got.is_empty());
-    other.expect_silence(Duration::from_millis(1500)).await.unwrap();
+    other
+        .expect_silence(Duration::from_millis(1500))
+        .await
+        .unwrap();
     // On connect, the lookback window brings u-42 exactly its own messages.
-    let mut u42 = Client::connect(&s.gateway(1).ws_url(), &token("u-42", &[], &[], 600)).await.unwrap();
+    let mut u42 = Client::connect(&s.gateway(1).ws_url(), &token("u-42", &[], &[], 600))
+        .await
+        .unwrap();
     u42.subscribe("Notifications", None).await.unwrap();
     assert_eq!(ids(&u42.messages(2, T).await.unwrap()), ["n1", "n3"]);
-    u42.expect_silence(Duration::from_millis(1000)).await.unwrap();
+    u42.expect_silence(Duration::from_millis(1000))
+        .await
+        .unwrap();
     // Live, too.
-    s.produce(&[note("n4", "u-42"), note("n5", "u-7")]).await.unwrap();
+    s.produce(&[note("n4", "u-42"), note("n5", "u-7")])
+        .await
+        .unwrap();
     assert_eq!(ids(&u42.messages(1, T).await.unwrap()), ["n4"]);
-    u42.expect_silence(Duration::from_millis(1000)).await.unwrap();
-    other.expect_silence(Duration::from_millis(100)).await.unwrap();
+    u42.expect_silence(Duration::from_millis(1000))
+        .await
+        .unwrap();
+    other
+        .expect_silence(Duration::from_millis(100))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_refresh_gains_and_loses_entitlements() {
     let s = stack().await;
-    let mut c = Client::connect(&s.gateway(0).ws_url(), &token("r", &["CHLT"], &[], 600)).await.unwrap();
+    let mut c = Client::connect(&s.gateway(0).ws_url(), &token("r", &["CHLT"], &[], 600))
+        .await
+        .unwrap();
     c.subscribe("News", None).await.unwrap();
-    s.produce(&[news("a1", &["CHLT"], 1), news("a2", &["Sfc"], 2)]).await.unwrap();
+    s.produce(&[news("a1", &["CHLT"], 1), news("a2", &["Sfc"], 2)])
+        .await
+        .unwrap();
     assert_eq!(ids(&c.messages(1, T).await.unwrap()), ["a1"]);
     c.expect_silence(Duration::from_millis(800)).await.unwrap();
 
     // Gain Sfc: its channel joins with catch-up (lookback), CHLT goes on.
-    let id = c.request(json!({"type": "refresh", "token": token("r", &["CHLT", "Sfc"], &[], 600)})).await.unwrap();
+    let id = c
+        .request(json!({"type": "refresh", "token": token("r", &["CHLT", "Sfc"], &[], 600)}))
+        .await
+        .unwrap();
     assert_eq!(c.reply(id, T).await.unwrap()["type"], "refreshed");
     assert_eq!(ids(&c.messages(1, T).await.unwrap()), ["a2"]);
-    s.produce(&[news("a3", &["Sfc"], 3), news("a4", &["CHLT"], 4)]).await.unwrap();
+    s.produce(&[news("a3", &["Sfc"], 3), news("a4", &["CHLT"], 4)])
+        .await
+        .unwrap();
     assert_eq!(ids(&c.messages(2, T).await.unwrap()), ["a3", "a4"]);
 
     // Lose CHLT: it stops at once.
-    let id = c.request(json!({"type": "refresh", "token": token("r", &["Sfc"], &[], 600)})).await.unwrap();
+    let id = c
+        .request(json!({"type": "refresh", "token": token("r", &["Sfc"], &[], 600)}))
+        .await
+        .unwrap();
     assert_eq!(c.reply(id, T).await.unwrap()["type"], "refreshed");
-    s.produce(&[news("a5", &["CHLT"], 5), news("a6", &["Sfc"], 6)]).await.unwrap();
+    s.produce(&[news("a5", &["CHLT"], 5), news("a6", &["Sfc"], 6)])
+        .await
+        .unwrap();
     assert_eq!(ids(&c.messages(1, T).await.unwrap()), ["a6"]);
     c.expect_silence(Duration::from_millis(800)).await.unwrap();
 
     // A token for another user, or an invalid one, is refused; the connection stays.
-    let id = c.request(json!({"type": "refresh", "token": token("mallory", &["Sfc"], &[], 600)})).await.unwrap();
+    let id = c
+        .request(json!({"type": "refresh", "token": token("mallory", &["Sfc"], &[], 600)}))
+        .await
+        .unwrap();
     assert_eq!(c.reply(id, T).await.unwrap()["code"], "forbidden");
-    let id = c.request(json!({"type": "refresh", "token": "junk"})).await.unwrap();
+    let id = c
+        .request(json!({"type": "refresh", "token": "junk"}))
+        .await
+        .unwrap();
     assert_eq!(c.reply(id, T).await.unwrap()["code"], "unauthorized");
     let id = c.request(json!({"type": "ping"})).await.unwrap();
     assert_eq!(c.reply(id, T).await.unwrap()["type"], "pong");
@@ -111,15 +170,19 @@ async fn token_refresh_gains_and_loses_entitlements() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_swaps_the_topology_without_dropping_connections() {
     let s = stack().await;
-    let mut c = Client::connect(&s.gateway(0).ws_url(), &token("h", &["CHLT"], &["Beta"], 600)).await.unwrap();
+    let mut c = Client::connect(
+        &s.gateway(0).ws_url(),
+        &token("h", &["CHLT"], &["Beta"], 600),
+    )
+    .await
+    .unwrap();
     c.subscribe("News", None).await.unwrap();
     // A new topic appears.
     let mut topo: Value = switchyard_testkit::seed_topology();
-    topo["Hubs"][0]["Channels"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"Name": "Beta-[ScopeValue]", "Topic": "BetaNews", "IsPublishableByUser": false,
-                     "Filters": [{"Type": "Feature Names", "Values": ["Beta"]}]}));
+    topo["Hubs"][0]["Channels"].as_array_mut().unwrap().push(
+        json!({"Name": "Beta-[ScopeValue]", "Topic": "BetaNews", "IsPublishableByUser": false,
+                     "Filters": [{"Type": "Feature Names", "Values": ["Beta"]}]}),
+    );
     std::fs::write(&s.topology_path, serde_json::to_vec_pretty(&topo).unwrap()).unwrap();
     let mut ok = false;
     for _ in 0..50 {
@@ -149,7 +212,9 @@ async fn hot_reload_swaps_the_topology_without_dropping_connections() {
     // An invalid file is refused and the old topology stays.
     std::fs::write(&s.topology_path, b"{ this is not a topology").unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    s.produce(&[news("still-news", &["CHLT"], 1)]).await.unwrap();
+    s.produce(&[news("still-news", &["CHLT"], 1)])
+        .await
+        .unwrap();
     let m = c.messages(1, T).await.unwrap();
     assert_eq!(ids(&m), ["still-news"]);
     let r = c.subscribe("BetaNews", None).await.unwrap();

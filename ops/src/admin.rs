@@ -78,7 +78,10 @@ async fn handle(
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match ready.check().await {
             Ok(()) => text(StatusCode::OK, "ready\n".into()),
-            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+            ),
         },
         "/metrics" => text(StatusCode::OK, metrics.render()),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),

@@ -102,11 +102,12 @@ impl Source {
 
     pub fn socket_addr_or(&self, var: &str, default: &str) -> Result<SocketAddr, ConfigError> {
         let v = self.string_or(var, default);
-        v.parse().map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
-            var: var.to_owned(),
-            value: v.clone(),
-            reason: format!("{e}; expected host:port such as 0.0.0.0:8080"),
-        })
+        v.parse()
+            .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
+                var: var.to_owned(),
+                value: v.clone(),
+                reason: format!("{e}; expected host:port such as 0.0.0.0:8080"),
+            })
     }
 
     /// Milliseconds as a `Duration`.
@@ -145,18 +146,27 @@ mod tests {
     #[test]
     fn errors_name_the_variable() {
         let s = Source::from_map([("SWITCHYARD_LISTEN", "nonsense"), ("N", "x")]);
-        let e = s.socket_addr_or("SWITCHYARD_LISTEN", "0.0.0.0:1").unwrap_err();
+        let e = s
+            .socket_addr_or("SWITCHYARD_LISTEN", "0.0.0.0:1")
+            .unwrap_err();
         assert!(e.to_string().contains("SWITCHYARD_LISTEN"), "{e}");
         let e = s.parse_or::<u32>("N", 1).unwrap_err();
         assert!(e.to_string().starts_with("N=\"x\" is invalid"), "{e}");
-        let e = s.required("SWITCHYARD_POSTGRES_URL", "a postgres:// URL").unwrap_err();
-        assert!(e.to_string().contains("SWITCHYARD_POSTGRES_URL is required"));
+        let e = s
+            .required("SWITCHYARD_POSTGRES_URL", "a postgres:// URL")
+            .unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("SWITCHYARD_POSTGRES_URL is required"));
     }
 
     #[test]
     fn env_file_lines() {
         let v = parse_env_file("# c\nexport A=1\nB = \"two\"\n\nbad\n");
-        assert_eq!(v, vec![("A".into(), "1".into()), ("B".into(), "two".into())]);
+        assert_eq!(
+            v,
+            vec![("A".into(), "1".into()), ("B".into(), "two".into())]
+        );
     }
 
     #[test]

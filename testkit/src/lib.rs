@@ -30,7 +30,8 @@ pub const SECRET: &str = "switchyard-test-secret-0123456789";
 
 /// PostgreSQL server for tests (`SWITCHYARD_TEST_PG`, default the machine's).
 pub fn pg_base() -> String {
-    std::env::var("SWITCHYARD_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("SWITCHYARD_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 /// Redis for tests (`SWITCHYARD_TEST_REDIS`, default the machine's).
@@ -56,7 +57,10 @@ pub fn free_port() -> u16 {
 }
 
 fn unique(prefix: &str) -> String {
-    format!("{prefix}_{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    format!(
+        "{prefix}_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
 }
 
 /// A scratch directory for a stack's files and logs.
@@ -125,7 +129,10 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command, dir: &Path) -> anyhow::Result<Proc> {
         let log = dir.join(format!("{name}.log"));
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
         let err = out.try_clone()?;
         let child = cmd
             .stdin(Stdio::null())
@@ -155,7 +162,9 @@ impl Proc {
     /// Sends SIGTERM (graceful drain).
     pub fn term(&self) {
         if let Some(pid) = self.pid() {
-            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
         }
     }
 
@@ -182,7 +191,12 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if self.child.is_some() && std::thread::panicking() {
-            eprintln!("--- log of {} ({}) ---\n{}", self.name, self.log.display(), tail(&self.log_text(), 4000));
+            eprintln!(
+                "--- log of {} ({}) ---\n{}",
+                self.name,
+                self.log.display(),
+                tail(&self.log_text(), 4000)
+            );
         }
         self.kill9();
     }
@@ -220,7 +234,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| anyhow!("no HTTP status in {buf:?}"))?;
-    let body = buf.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("").to_owned();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_owned();
     Ok((status, body))
 }
 
@@ -287,7 +305,10 @@ impl Broker {
             .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
             .collect();
         let res = admin
-            .create_topics(&new, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+            .create_topics(
+                &new,
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
             .await?;
         for r in res {
             if let Err((t, e)) = r {
@@ -332,11 +353,14 @@ impl Database {
     pub async fn create_on(base: &str) -> anyhow::Result<Database> {
         let name = unique("sy_test");
         let base = base.to_owned();
-        let (client, conn) = tokio_postgres::connect(&format!("{base}/postgres"), tokio_postgres::NoTls)
-            .await
-            .context("connecting to the test PostgreSQL (SWITCHYARD_TEST_PG)")?;
+        let (client, conn) =
+            tokio_postgres::connect(&format!("{base}/postgres"), tokio_postgres::NoTls)
+                .await
+                .context("connecting to the test PostgreSQL (SWITCHYARD_TEST_PG)")?;
         tokio::spawn(conn);
-        client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
         Ok(Database {
             url: format!("{base}/{name}"),
             name,
@@ -382,7 +406,10 @@ impl PgServer {
             .ok_or_else(|| anyhow!("no PostgreSQL server binaries under /usr/lib/postgresql"))?;
         let data = dir.join(unique("pgdata"));
         std::fs::create_dir_all(&data)?;
-        let chown = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status()?;
+        let chown = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir)
+            .status()?;
         if !chown.success() {
             bail!("cannot chown {} to postgres", dir.display());
         }
@@ -474,7 +501,10 @@ impl RedisServer {
             "no",
         ]);
         let proc = Proc::spawn(&format!("redis-{port}"), cmd, dir)?;
-        wait_port(format!("127.0.0.1:{port}").parse()?, Duration::from_secs(10))?;
+        wait_port(
+            format!("127.0.0.1:{port}").parse()?,
+            Duration::from_secs(10),
+        )?;
         Ok(RedisServer { port, proc })
     }
 
@@ -636,7 +666,10 @@ impl Stack {
             .env("SWITCHYARD_REDIS_URL", &self.redis_url)
             .env("SWITCHYARD_REDIS_PREFIX", &self.prefix)
             .env("SWITCHYARD_TOPOLOGY", &self.topology_path)
-            .env("RUST_LOG", std::env::var("SWITCHYARD_TEST_LOG").unwrap_or_else(|_| "info".into()));
+            .env(
+                "RUST_LOG",
+                std::env::var("SWITCHYARD_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            );
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -668,7 +701,11 @@ impl Stack {
             .env("SWITCHYARD_DRAIN_SECONDS", "2");
         let i = self.gateways.len();
         let proc = Proc::spawn(&format!("gateway-{i}"), cmd, &self.dir)?;
-        self.gateways.push(GatewayNode { proc, listen, admin });
+        self.gateways.push(GatewayNode {
+            proc,
+            listen,
+            admin,
+        });
         Ok(i)
     }
 
@@ -748,13 +785,18 @@ impl Stack {
     /// Rows in the cursor log's events table.
     pub async fn stored_events(&self) -> anyhow::Result<i64> {
         let c = self.db.client().await?;
-        Ok(c.query_one("SELECT count(*) FROM events", &[]).await?.get(0))
+        Ok(c.query_one("SELECT count(*) FROM events", &[])
+            .await?
+            .get(0))
     }
 }
 
 /// An HS256 token for the test secret.
 pub fn token(sub: &str, products: &[&str], features: &[&str], ttl_secs: i64) -> String {
-    token_with(json!({"sub": sub, "products": products, "features": features}), ttl_secs)
+    token_with(
+        json!({"sub": sub, "products": products, "features": features}),
+        ttl_secs,
+    )
 }
 
 /// A token with arbitrary claims; `exp` is set from `ttl_secs`.
@@ -790,7 +832,8 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket client speaking the JSON protocol.
 pub struct Client {
@@ -804,7 +847,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("next_id", &self.next_id).finish()
+        f.debug_struct("Client")
+            .field("next_id", &self.next_id)
+            .finish()
     }
 }
 
@@ -828,7 +873,8 @@ impl Client {
     pub async fn try_connect(url: &str, bearer: Option<&str>) -> anyhow::Result<Connect> {
         let mut req = url.into_client_request()?;
         if let Some(t) = bearer {
-            req.headers_mut().insert("authorization", format!("Bearer {t}").parse()?);
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {t}").parse()?);
         }
         match tokio_tungstenite::connect_async(req).await {
             Ok((ws, _)) => {
@@ -894,7 +940,8 @@ impl Client {
                 Some(Ok(Message::Text(t))) => {
                     let v: Value = serde_json::from_str(&t)?;
                     if v["type"] == "message" {
-                        if let (Some(topic), Some(c)) = (v["topic"].as_str(), v["cursor"].as_str()) {
+                        if let (Some(topic), Some(c)) = (v["topic"].as_str(), v["cursor"].as_str())
+                        {
                             self.cursors.insert(topic.to_owned(), c.to_owned());
                         }
                     }
@@ -902,7 +949,9 @@ impl Client {
                 }
                 Some(Ok(Message::Close(f))) => {
                     let code = f.as_ref().map(|f| u16::from(f.code)).unwrap_or(0);
-                    return Ok(json!({"type": "__close", "code": code, "reason": f.map(|f| f.reason.to_string()).unwrap_or_default()}));
+                    return Ok(
+                        json!({"type": "__close", "code": code, "reason": f.map(|f| f.reason.to_string()).unwrap_or_default()}),
+                    );
                 }
                 Some(Ok(_)) => continue,
             }
@@ -911,7 +960,11 @@ impl Client {
 
     /// Waits for the reply to request `id`, queueing other frames.
     pub async fn reply(&mut self, id: u64, timeout: Duration) -> anyhow::Result<Value> {
-        if let Some(pos) = self.pending.iter().position(|v| v["id"] == json!(id) && v["type"] != "message") {
+        if let Some(pos) = self
+            .pending
+            .iter()
+            .position(|v| v["id"] == json!(id) && v["type"] != "message")
+        {
             return Ok(self.pending.remove(pos).expect("present"));
         }
         let deadline = tokio::time::Instant::now() + timeout;
@@ -942,13 +995,23 @@ impl Client {
         while out.len() < n {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
-                bail!("got {} of {n} messages; last {:?}", out.len(), ids(&out).last());
+                bail!(
+                    "got {} of {n} messages; last {:?}",
+                    out.len(),
+                    ids(&out).last()
+                );
             }
             match self.next_frame(left).await {
                 Ok(v) if v["type"] == "message" => out.push(v),
-                Ok(v) if v["type"] == "__close" => bail!("closed after {} of {n} messages: {v}", out.len()),
+                Ok(v) if v["type"] == "__close" => {
+                    bail!("closed after {} of {n} messages: {v}", out.len())
+                }
                 Ok(_) => {}
-                Err(e) => bail!("got {} of {n} messages ({e}); last {:?}", out.len(), ids(&out).last()),
+                Err(e) => bail!(
+                    "got {} of {n} messages ({e}); last {:?}",
+                    out.len(),
+                    ids(&out).last()
+                ),
             }
         }
         Ok(out)

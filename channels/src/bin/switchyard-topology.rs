@@ -14,7 +14,10 @@ use std::process::ExitCode;
 use switchyard_channels::{Entitlements, ResolvedChannel, Scope, Topology};
 
 #[derive(Parser)]
-#[command(name = "switchyard-topology", about = "Check and explain Switchyard topology files")]
+#[command(
+    name = "switchyard-topology",
+    about = "Check and explain Switchyard topology files"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -83,7 +86,16 @@ fn print_channels(label: &str, chans: &[ResolvedChannel]) {
         if let Some(r) = c.retention {
             notes.push(format!("retention {}m", r.as_secs() / 60));
         }
-        println!("  {}  (key {}{})", c.name, c.key, if notes.is_empty() { String::new() } else { format!("; {}", notes.join(", ")) });
+        println!(
+            "  {}  (key {}{})",
+            c.name,
+            c.key,
+            if notes.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", notes.join(", "))
+            }
+        );
     }
 }
 
@@ -91,7 +103,12 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.cmd {
         Cmd::Check { file } => match Topology::load(&file) {
             Ok(t) => {
-                println!("{}: ok: {} channels, topics: {}", file.display(), t.channel_count(), t.topics().join(", "));
+                println!(
+                    "{}: ok: {} channels, topics: {}",
+                    file.display(),
+                    t.channel_count(),
+                    t.topics().join(", ")
+                );
                 Ok(true)
             }
             Err(e) => {
@@ -99,7 +116,15 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 Ok(false)
             }
         },
-        Cmd::Explain { file, topic, products, features, tenant, event, users } => {
+        Cmd::Explain {
+            file,
+            topic,
+            products,
+            features,
+            tenant,
+            event,
+            users,
+        } => {
             let t = match Topology::load(&file) {
                 Ok(t) => t,
                 Err(e) => {
@@ -118,7 +143,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 if let Some(users) = users {
                     let users: Vec<UserIn> = serde_json::from_slice(&std::fs::read(&users)?)?;
                     for u in users {
-                        let ent = Entitlements { tenant: u.tenant, products: u.products, features: u.features };
+                        let ent = Entitlements {
+                            tenant: u.tenant,
+                            products: u.products,
+                            features: u.features,
+                        };
                         let mine = t.resolve_subscriber(&ev.topic, &ent);
                         let shared: Vec<&str> = mine
                             .iter()
@@ -129,7 +158,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                         if shared.is_empty() {
                             println!("  {}: does not receive it", u.sub);
                         } else if targeted_away {
-                            println!("  {}: does not receive it (the event targets user {:?})", u.sub, ev.user_id.as_deref().unwrap_or(""));
+                            println!(
+                                "  {}: does not receive it (the event targets user {:?})",
+                                u.sub,
+                                ev.user_id.as_deref().unwrap_or("")
+                            );
                         } else {
                             println!("  {}: receives it once, via {}", u.sub, shared.join(", "));
                         }
@@ -141,11 +174,21 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 anyhow::bail!("give --topic (with --products/--features) or --event");
             };
             if !t.has_topic(&topic) {
-                println!("topic {topic:?} is not in the topology; topics: {}", t.topics().join(", "));
+                println!(
+                    "topic {topic:?} is not in the topology; topics: {}",
+                    t.topics().join(", ")
+                );
                 return Ok(false);
             }
-            let ent = Entitlements { tenant, products, features };
-            print_channels(&format!("subscriber to {topic}"), &t.resolve_subscriber(&topic, &ent));
+            let ent = Entitlements {
+                tenant,
+                products,
+                features,
+            };
+            print_channels(
+                &format!("subscriber to {topic}"),
+                &t.resolve_subscriber(&topic, &ent),
+            );
             Ok(true)
         }
     }

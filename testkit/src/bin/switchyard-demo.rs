@@ -39,14 +39,19 @@ async fn main() -> anyhow::Result<()> {
         let ev = news(&format!("demo-{run}-{n}"), &["CHLT"], n);
         producer
             .send(
-                FutureRecord::to(&topic).key("News").payload(&ev.to_string()),
+                FutureRecord::to(&topic)
+                    .key("News")
+                    .payload(&ev.to_string()),
                 Duration::from_secs(10),
             )
             .await
             .map_err(|(e, _)| e)?;
         let m = client.messages(1, Duration::from_secs(10)).await?;
         let lat = now_ms() - m[0]["created_at_ms"].as_i64().unwrap_or(0);
-        println!("received {} payload={} latency={lat}ms", m[0]["id"], m[0]["payload"]);
+        println!(
+            "received {} payload={} latency={lat}ms",
+            m[0]["id"], m[0]["payload"]
+        );
     }
     println!("{count} events flowed Kafka -> bridge -> PostgreSQL -> Redis -> gateway -> client");
     client.close().await;
