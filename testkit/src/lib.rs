@@ -567,6 +567,13 @@ pub fn seed_topology() -> Value {
                     "Filters": []
                 },
                 {
+                    "Name": "Presence",
+                    "Topic": "Presence",
+                    "IsPublishableByUser": true,
+                    "Filters": [],
+                    "Ephemeral": true
+                },
+                {
                     "Name": "Notifications",
                     "Topic": "Notifications",
                     "IsPublishableByUser": false,
