@@ -7,16 +7,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use switchyard_cursorlog::config::StoreConfig;
 use switchyard_ops::config::{ConfigError, Source};
 
 /// Typed bridge configuration.
 #[derive(Debug, Clone)]
 pub struct BridgeConfig {
-    pub postgres_url: String,
-    pub pg_pool_size: usize,
-    pub redis_url: String,
-    /// Prefix of Redis channel names (lets several deployments share a Redis).
-    pub redis_prefix: String,
+    pub store: StoreConfig,
     pub topology: PathBuf,
     pub kafka_brokers: String,
     pub kafka_topics: Vec<String>,
@@ -32,20 +29,11 @@ pub struct BridgeConfig {
     pub batch_max: usize,
     pub batch_linger: Duration,
     pub max_event_bytes: usize,
-    /// Default retention of log entries whose channels set none (and no lookback).
-    pub retention: Duration,
-    pub lookback_tz: chrono_tz::Tz,
     pub sweep_interval: Duration,
 }
 
 impl BridgeConfig {
     pub fn from_source(s: &Source) -> Result<Self, ConfigError> {
-        let tz_name = s.string_or("SWITCHYARD_LOOKBACK_TZ", "UTC");
-        let lookback_tz: chrono_tz::Tz = tz_name.parse().map_err(|_| ConfigError::Invalid {
-            var: "SWITCHYARD_LOOKBACK_TZ".into(),
-            value: tz_name.clone(),
-            reason: "expected an IANA time zone such as UTC or Europe/Berlin".into(),
-        })?;
         let kafka_options = s
             .list_or("SWITCHYARD_KAFKA_OPTIONS", "")
             .into_iter()
@@ -75,16 +63,7 @@ impl BridgeConfig {
             });
         }
         Ok(BridgeConfig {
-            postgres_url: s.required(
-                "SWITCHYARD_POSTGRES_URL",
-                "a PostgreSQL URL such as postgres://postgres@127.0.0.1:5432/switchyard",
-            )?,
-            pg_pool_size: s.parse_or("SWITCHYARD_PG_POOL_SIZE", 8)?,
-            redis_url: s.required(
-                "SWITCHYARD_REDIS_URL",
-                "a Redis URL such as redis://127.0.0.1:6379",
-            )?,
-            redis_prefix: s.string_or("SWITCHYARD_REDIS_PREFIX", "switchyard"),
+            store: StoreConfig::from_source(s, 8)?,
             topology: PathBuf::from(s.required(
                 "SWITCHYARD_TOPOLOGY",
                 "the path of the topology file (JSON or YAML)",
@@ -102,10 +81,6 @@ impl BridgeConfig {
             batch_max,
             batch_linger: s.millis_or("SWITCHYARD_BATCH_LINGER_MS", 5)?,
             max_event_bytes: s.parse_or("SWITCHYARD_MAX_EVENT_BYTES", 256 * 1024)?,
-            retention: Duration::from_secs(
-                60 * s.parse_or::<u64>("SWITCHYARD_RETENTION_MINUTES", 1440)?,
-            ),
-            lookback_tz,
             sweep_interval: s.millis_or("SWITCHYARD_SWEEP_INTERVAL_MS", 30_000)?,
         })
     }

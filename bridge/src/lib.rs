@@ -29,7 +29,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use switchyard_channels::{Topology, TopologyHandle};
-use switchyard_cursorlog::{CursorLog, PoolOptions};
+use switchyard_cursorlog::CursorLog;
 use switchyard_ops::admin::Readiness;
 use tokio_util::sync::CancellationToken;
 
@@ -70,28 +70,12 @@ fn kafka_config(cfg: &BridgeConfig) -> ClientConfig {
     c
 }
 
-/// Builds every component and runs until `cancel` fires. Returns the bound
-/// admin address through `on_admin` (tests use port 0).
+/// Builds every component and runs until `cancel` fires.
 pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     let topology = Topology::load(&cfg.topology)
         .with_context(|| format!("SWITCHYARD_TOPOLOGY={}", cfg.topology.display()))?;
     let topology = TopologyHandle::new(topology);
-    let log = CursorLog::connect(
-        &cfg.postgres_url,
-        PoolOptions {
-            max_size: cfg.pg_pool_size,
-            ..Default::default()
-        },
-    )
-    .await
-    .context("connecting to PostgreSQL (SWITCHYARD_POSTGRES_URL)")?;
-    let publisher = switchyard_cursorlog::live::Publisher::connect(
-        &cfg.redis_url,
-        &cfg.redis_prefix,
-        log.epoch(),
-    )
-    .await
-    .context("connecting to Redis (SWITCHYARD_REDIS_URL)")?;
+    let (log, publisher) = cfg.store.connect().await?;
 
     let mut consumer_cfg = kafka_config(&cfg);
     if let Some(id) = &cfg.kafka_instance_id {

@@ -262,8 +262,8 @@ impl Pipeline {
             let expires_at = switchyard_cursorlog::event::expires_at(
                 &r.log_channels,
                 now,
-                self.cfg.retention,
-                self.cfg.lookback_tz,
+                self.cfg.store.retention,
+                self.cfg.store.lookback_tz,
             );
             let mut channels: Vec<i64> = r
                 .log_channels

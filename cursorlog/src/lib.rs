@@ -1,6 +1,7 @@
 //! The PostgreSQL cursor log, shared by the bridge (writer) and the gateways
 //! (readers).
 //!
+//! - [`config`]: [`config::StoreConfig`], the storage settings both binaries share.
 //! - [`migrate`]: numbered migrations from `migrations/`, applied at start-up
 //!   under an advisory lock so several processes may start at once.
 //! - [`log`]: [`CursorLog`]: batch append with dense per-channel sequences
@@ -16,6 +17,7 @@
 //! sequence order. Readers rely on it to detect gaps: seeing `n + 2` after `n`
 //! means `n + 1` is committed and can be read back.
 
+pub mod config;
 pub mod cursor;
 pub mod event;
 pub mod live;

@@ -6,15 +6,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+use switchyard_cursorlog::config::StoreConfig;
 use switchyard_ops::config::{ConfigError, Source};
 
 /// Typed gateway configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    pub postgres_url: String,
-    pub pg_pool_size: usize,
-    pub redis_url: String,
-    pub redis_prefix: String,
+    pub store: StoreConfig,
     pub topology: PathBuf,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
@@ -24,7 +22,6 @@ pub struct GatewayConfig {
     pub jwt_audience: Option<String>,
     /// Allowed `Origin` values for browser clients; empty = any.
     pub allowed_origins: Vec<String>,
-    pub lookback_tz: chrono_tz::Tz,
     /// Largest client frame accepted, in bytes.
     pub max_frame_bytes: usize,
     /// Outbound frames queued per connection before it is treated as slow.
@@ -43,18 +40,10 @@ pub struct GatewayConfig {
     pub catchup_concurrency: usize,
     /// Largest payload a client may publish.
     pub max_publish_bytes: usize,
-    /// Default retention for client-published events (minutes).
-    pub retention: Duration,
 }
 
 impl GatewayConfig {
     pub fn from_source(s: &Source) -> Result<Self, ConfigError> {
-        let tz_name = s.string_or("SWITCHYARD_LOOKBACK_TZ", "UTC");
-        let lookback_tz: chrono_tz::Tz = tz_name.parse().map_err(|_| ConfigError::Invalid {
-            var: "SWITCHYARD_LOOKBACK_TZ".into(),
-            value: tz_name.clone(),
-            reason: "expected an IANA time zone such as UTC or Europe/Berlin".into(),
-        })?;
         let jwt_hs256_secret = s.get("SWITCHYARD_JWT_HS256_SECRET").map(str::to_owned);
         let jwt_public_key_pem = match s.get("SWITCHYARD_JWT_PUBLIC_KEY") {
             None => None,
@@ -86,16 +75,7 @@ impl GatewayConfig {
             }
         }
         Ok(GatewayConfig {
-            postgres_url: s.required(
-                "SWITCHYARD_POSTGRES_URL",
-                "a PostgreSQL URL such as postgres://postgres@127.0.0.1:5432/switchyard",
-            )?,
-            pg_pool_size: s.parse_or("SWITCHYARD_PG_POOL_SIZE", 16)?,
-            redis_url: s.required(
-                "SWITCHYARD_REDIS_URL",
-                "a Redis URL such as redis://127.0.0.1:6379",
-            )?,
-            redis_prefix: s.string_or("SWITCHYARD_REDIS_PREFIX", "switchyard"),
+            store: StoreConfig::from_source(s, 16)?,
             topology: PathBuf::from(s.required(
                 "SWITCHYARD_TOPOLOGY",
                 "the path of the topology file (JSON or YAML)",
@@ -107,7 +87,6 @@ impl GatewayConfig {
             jwt_issuer: s.get("SWITCHYARD_JWT_ISSUER").map(str::to_owned),
             jwt_audience: s.get("SWITCHYARD_JWT_AUDIENCE").map(str::to_owned),
             allowed_origins: s.list_or("SWITCHYARD_ALLOWED_ORIGINS", ""),
-            lookback_tz,
             max_frame_bytes: s.parse_or("SWITCHYARD_MAX_FRAME_BYTES", 64 * 1024)?,
             outbound_queue: s.parse_or("SWITCHYARD_OUTBOUND_QUEUE", 1024)?,
             max_subscriptions: s.parse_or("SWITCHYARD_MAX_SUBSCRIPTIONS", 64)?,
@@ -118,9 +97,6 @@ impl GatewayConfig {
             replay_page: s.parse_or("SWITCHYARD_REPLAY_PAGE", 1000)?,
             catchup_concurrency: s.parse_or("SWITCHYARD_CATCHUP_CONCURRENCY", 32)?,
             max_publish_bytes: s.parse_or("SWITCHYARD_MAX_PUBLISH_BYTES", 32 * 1024)?,
-            retention: Duration::from_secs(
-                60 * s.parse_or::<u64>("SWITCHYARD_RETENTION_MINUTES", 1440)?,
-            ),
         })
     }
 }

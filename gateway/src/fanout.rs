@@ -591,6 +591,15 @@ impl Shard {
         tokio::spawn(catchup::run(self.shared.clone(), self.me.clone(), job));
     }
 
+    /// Channels whose stream position is known.
+    fn tracked(&self) -> Vec<i64> {
+        self.channels
+            .iter()
+            .filter(|(_, s)| s.last_seen.is_some())
+            .map(|(c, _)| *c)
+            .collect()
+    }
+
     fn demote_all(&mut self) {
         let live: Vec<SubId> = self
             .subs
@@ -613,12 +622,7 @@ impl Shard {
         reason: &'static str,
         bound: Option<HashMap<i64, i64>>,
     ) -> Result<(), ()> {
-        let tracked: Vec<i64> = self
-            .channels
-            .iter()
-            .filter(|(_, s)| s.last_seen.is_some())
-            .map(|(c, _)| *c)
-            .collect();
+        let tracked = self.tracked();
         if tracked.is_empty() {
             return Ok(());
         }
@@ -733,12 +737,7 @@ impl Shard {
         if !previous.is_empty() {
             let _ = self.node_backfill("head_check", Some(previous)).await;
         }
-        let tracked: Vec<i64> = self
-            .channels
-            .iter()
-            .filter(|(_, s)| s.last_seen.is_some())
-            .map(|(c, _)| *c)
-            .collect();
+        let tracked = self.tracked();
         if tracked.is_empty() {
             return;
         }

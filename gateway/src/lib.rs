@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard_channels::{Topology, TopologyHandle};
 use switchyard_cursorlog::live::Publisher;
-use switchyard_cursorlog::{CursorLog, PoolOptions};
+use switchyard_cursorlog::CursorLog;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -113,18 +113,7 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
         cfg.jwt_audience.clone(),
     )
     .map_err(anyhow::Error::msg)?;
-    let log = CursorLog::connect(
-        &cfg.postgres_url,
-        PoolOptions {
-            max_size: cfg.pg_pool_size,
-            ..Default::default()
-        },
-    )
-    .await
-    .context("connecting to PostgreSQL (SWITCHYARD_POSTGRES_URL)")?;
-    let publisher = Publisher::connect(&cfg.redis_url, &cfg.redis_prefix, log.epoch())
-        .await
-        .context("connecting to Redis (SWITCHYARD_REDIS_URL)")?;
+    let (log, publisher) = cfg.store.connect().await?;
     let background = CancellationToken::new();
     let shards = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -152,8 +141,8 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
         cfg: cfg.clone(),
     });
     tokio::spawn(livefeed::run(
-        cfg.redis_url.clone(),
-        switchyard_cursorlog::live::live_pattern(&cfg.redis_prefix),
+        cfg.store.redis_url.clone(),
+        switchyard_cursorlog::live::live_pattern(&cfg.store.redis_prefix),
         log.epoch().to_owned(),
         fanout,
         feed,

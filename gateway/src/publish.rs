@@ -91,8 +91,8 @@ pub async fn publish(
             expires_at: switchyard_cursorlog::event::expires_at(
                 &log_channels,
                 now,
-                node.cfg.retention,
-                node.cfg.lookback_tz,
+                node.cfg.store.retention,
+                node.cfg.store.lookback_tz,
             ),
             channels: log_ids,
         };

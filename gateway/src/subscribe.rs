@@ -96,7 +96,7 @@ pub async fn plan(
     let windows: Vec<(i64, chrono::DateTime<chrono::Utc>)> = chans
         .iter()
         .filter(|(ch, _)| !known.contains_key(ch))
-        .filter_map(|(ch, lb)| lb.map(|lb| (*ch, lb.window_start(now, node.cfg.lookback_tz))))
+        .filter_map(|(ch, lb)| lb.map(|lb| (*ch, lb.window_start(now, node.cfg.store.lookback_tz))))
         .collect();
     let starts = node.log.lookback_starts(&windows).await.map_err(internal)?;
     let positions = chans

@@ -224,18 +224,34 @@ async fn hot_reload_swaps_the_topology_without_dropping_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ephemeral_channels_deliver_live_and_store_nothing() {
     let s = stack().await;
-    let mut live = Client::connect(&s.gateway(0).ws_url(), &token("p1", &[], &[], 600)).await.unwrap();
+    let mut live = Client::connect(&s.gateway(0).ws_url(), &token("p1", &[], &[], 600))
+        .await
+        .unwrap();
     live.subscribe("Presence", None).await.unwrap();
-    s.produce(&[json!({"id": "here-1", "topic": "Presence", "payload": {"online": 1}})]).await.unwrap();
+    s.produce(&[json!({"id": "here-1", "topic": "Presence", "payload": {"online": 1}})])
+        .await
+        .unwrap();
     assert_eq!(ids(&live.messages(1, T).await.unwrap()), ["here-1"]);
     // Users may publish there too (IsPublishableByUser), still best-effort.
-    let mut other = Client::connect(&s.gateway(1).ws_url(), &token("p2", &[], &[], 600)).await.unwrap();
-    let id = other.request(json!({"type": "publish", "topic": "Presence", "payload": {"online": 2}})).await.unwrap();
+    let mut other = Client::connect(&s.gateway(1).ws_url(), &token("p2", &[], &[], 600))
+        .await
+        .unwrap();
+    let id = other
+        .request(json!({"type": "publish", "topic": "Presence", "payload": {"online": 2}}))
+        .await
+        .unwrap();
     assert_eq!(other.reply(id, T).await.unwrap()["type"], "published");
-    assert_eq!(live.messages(1, T).await.unwrap()[0]["payload"]["online"], 2);
+    assert_eq!(
+        live.messages(1, T).await.unwrap()[0]["payload"]["online"],
+        2
+    );
     // Nothing was written to the cursor log, so nothing replays.
     assert_eq!(s.stored_events().await.unwrap(), 0);
-    let mut late = Client::connect(&s.gateway(1).ws_url(), &token("p3", &[], &[], 600)).await.unwrap();
+    let mut late = Client::connect(&s.gateway(1).ws_url(), &token("p3", &[], &[], 600))
+        .await
+        .unwrap();
     late.subscribe("Presence", None).await.unwrap();
-    late.expect_silence(Duration::from_millis(1000)).await.unwrap();
+    late.expect_silence(Duration::from_millis(1000))
+        .await
+        .unwrap();
 }

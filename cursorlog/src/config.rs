@@ -1,0 +1,76 @@
+//! Where the log and its live feed are, and how long entries are kept: the
+//! configuration both binaries share, read from the same variables.
+//!
+//! Invariant: both binaries interpret these variables identically; a value
+//! that differed between the bridge and the gateways (time zone, retention,
+//! Redis prefix) would split their view of the same log.
+
+use crate::live::Publisher;
+use crate::log::{CursorLog, LogError, PoolOptions};
+use std::time::Duration;
+use switchyard_ops::config::{ConfigError, Source};
+
+/// Shared storage configuration.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub postgres_url: String,
+    pub pg_pool_size: usize,
+    pub redis_url: String,
+    /// Prefix of Redis channel names (lets deployments share a Redis).
+    pub redis_prefix: String,
+    /// Time zone of `CalendarDay` lookback midnights.
+    pub lookback_tz: chrono_tz::Tz,
+    /// Minimum retention of entries for cursor catch-up.
+    pub retention: Duration,
+}
+
+/// Why the stores could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to PostgreSQL (SWITCHYARD_POSTGRES_URL): {0}")]
+    Postgres(#[from] LogError),
+    #[error("connecting to Redis (SWITCHYARD_REDIS_URL): {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl StoreConfig {
+    pub fn from_source(s: &Source, default_pool: usize) -> Result<Self, ConfigError> {
+        let tz_name = s.string_or("SWITCHYARD_LOOKBACK_TZ", "UTC");
+        let lookback_tz = tz_name.parse().map_err(|_| ConfigError::Invalid {
+            var: "SWITCHYARD_LOOKBACK_TZ".into(),
+            value: tz_name.clone(),
+            reason: "expected an IANA time zone such as UTC or Europe/Berlin".into(),
+        })?;
+        Ok(StoreConfig {
+            postgres_url: s.required(
+                "SWITCHYARD_POSTGRES_URL",
+                "a PostgreSQL URL such as postgres://postgres@127.0.0.1:5432/switchyard",
+            )?,
+            pg_pool_size: s.parse_or("SWITCHYARD_PG_POOL_SIZE", default_pool)?,
+            redis_url: s.required(
+                "SWITCHYARD_REDIS_URL",
+                "a Redis URL such as redis://127.0.0.1:6379",
+            )?,
+            redis_prefix: s.string_or("SWITCHYARD_REDIS_PREFIX", "switchyard"),
+            lookback_tz,
+            retention: Duration::from_secs(
+                60 * s.parse_or::<u64>("SWITCHYARD_RETENTION_MINUTES", 1440)?,
+            ),
+        })
+    }
+
+    /// Connects to PostgreSQL (applying migrations) and Redis.
+    pub async fn connect(&self) -> Result<(CursorLog, Publisher), ConnectError> {
+        let log = CursorLog::connect(
+            &self.postgres_url,
+            PoolOptions {
+                max_size: self.pg_pool_size,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let publisher =
+            Publisher::connect(&self.redis_url, &self.redis_prefix, log.epoch()).await?;
+        Ok((log, publisher))
+    }
+}
