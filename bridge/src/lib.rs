@@ -42,7 +42,7 @@ struct BridgeReadiness {
 }
 
 impl Readiness for BridgeReadiness {
-    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
         Box::pin(async move {
             self.log
                 .ping()
@@ -55,7 +55,7 @@ impl Readiness for BridgeReadiness {
             if self.health.stalled.load(Ordering::Relaxed) {
                 return Err("pipeline stalled on a dependency".into());
             }
-            Ok(())
+            Ok("ready".into())
         })
     }
 }

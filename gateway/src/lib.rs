@@ -68,24 +68,32 @@ impl Node {
         self.sub_ids.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Ready when PostgreSQL answers, the live feed is connected and the node
-    /// is not draining.
-    pub async fn ready(&self) -> Result<(), String> {
+    /// Ready when PostgreSQL answers and the node is not draining. Redis is
+    /// not required: without it the node still delivers everything through
+    /// its head checks (later, not lost), so taking every node out of
+    /// rotation during a Redis outage would only refuse clients. The answer
+    /// says when the node runs degraded.
+    pub async fn ready(&self) -> Result<&'static str, String> {
         if self.draining.load(Ordering::Relaxed) {
             return Err("draining".into());
         }
-        if !self.feed.connected.load(Ordering::Relaxed) {
-            return Err("redis live feed not connected".into());
+        self.log
+            .ping()
+            .await
+            .map_err(|e| format!("postgres: {e}"))?;
+        if self.feed.connected.load(Ordering::Relaxed) {
+            Ok("ready")
+        } else {
+            Ok("ready, degraded: redis live feed down, delivering from PostgreSQL")
         }
-        self.log.ping().await.map_err(|e| format!("postgres: {e}"))
     }
 }
 
 struct NodeReadiness(Arc<Node>);
 
 impl switchyard_ops::admin::Readiness for NodeReadiness {
-    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
-        Box::pin(self.0.ready())
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
+        Box::pin(async move { self.0.ready().await.map(str::to_owned) })
     }
 }
 

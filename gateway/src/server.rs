@@ -156,7 +156,7 @@ async fn route(
         "/v1/poll" => crate::poll::handle(req, node, drain).await,
         "/healthz" => switchyard_ops::admin::text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match node.ready().await {
-            Ok(()) => switchyard_ops::admin::text(StatusCode::OK, "ready\n".into()),
+            Ok(state) => switchyard_ops::admin::text(StatusCode::OK, format!("{state}\n")),
             Err(why) => switchyard_ops::admin::text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {why}\n"),

@@ -17,9 +17,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Answers whether the process is ready; the error says what is not.
+/// Answers whether the process is ready (with a short state, e.g. a
+/// degraded mode); the error says what is not.
 pub trait Readiness: Send + Sync + 'static {
-    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
 }
 
 /// Serves the admin endpoint until `cancel` fires.
@@ -77,7 +78,7 @@ async fn handle(
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => match ready.check().await {
-            Ok(()) => text(StatusCode::OK, "ready\n".into()),
+            Ok(state) => text(StatusCode::OK, format!("{state}\n")),
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not ready: {why}\n"),
