@@ -170,7 +170,10 @@ pub(crate) async fn run<S>(
     loop {
         tokio::select! {
             inbound = in_rx.recv() => match inbound {
-                Some(Inbound::Data(data)) => session.handle(&data).await,
+                // Boxed: the request paths (PostgreSQL, Redis) have large
+                // futures; kept out of line, an idle connection's task stays
+                // small.
+                Some(Inbound::Data(data)) => Box::pin(session.handle(&data)).await,
                 Some(Inbound::TooLarge) => {
                     session.error(None, ErrorCode::TooLarge, "frame exceeds the size limit").await;
                     let _ = tx.send(Outbound::Close(1009, "frame too large")).await;
@@ -180,7 +183,7 @@ pub(crate) async fn run<S>(
             },
             changed = topology_changes.changed() => {
                 if changed.is_ok() {
-                    session.reresolve().await;
+                    Box::pin(session.reresolve()).await;
                 }
             }
         }

@@ -1,1 +1,67 @@
-//! placeholder (being written)
+//! Switchyard's load test: a generator that drives a real deployment end to
+//! end (Kafka in, WebSocket out), the scenarios it runs, and the peers it is
+//! measured against in the same run.
+//!
+//! Where things are:
+//!
+//! | module | owns |
+//! | --- | --- |
+//! | [`cli`] | the command line of `switchyard-loadtest` |
+//! | [`event`] | the events produced to Kafka and the cheap scan of what clients receive |
+//! | [`producer`] | the open-loop Kafka producer (no coordinated omission) |
+//! | [`client`] | one lightweight task per connection, for every wire protocol |
+//! | [`verify`] | per-connection completeness / once / order checks |
+//! | [`latency`] | sharded HdrHistograms of end-to-end latency |
+//! | [`procstat`] | CPU and memory of server processes from `/proc` |
+//! | [`process`] | child processes, free ports, readiness probes |
+//! | [`infra`] | the tansu broker, a fresh PostgreSQL database, a Redis prefix |
+//! | [`systems`] | how each system under test is started: Switchyard, Socket.IO, naive, raw TCP |
+//! | [`scenario`] | fan-out, scoped, reconnect storm, ingest, idle |
+//! | [`report`] | JSON, Markdown, README figures; [`plot`] draws the SVG |
+//! | [`preflight`] | file limits, sysctls and tools a large run needs |
+//! | [`broadcaster`] | the naive tokio-tungstenite broadcaster (peer binary) |
+//! | [`rawfanout`] | the raw TCP fan-out ceiling (peer binary) |
+//!
+//! Invariant: every load loop is bounded in count and time, and only
+//! loopback addresses (127.0.0.0/8) are ever targets.
+//!
+//! Errors: this library is the inside of the three binaries, not an API a
+//! caller acts on, so it reports errors with `anyhow` and context.
+
+pub mod broadcaster;
+pub mod cli;
+pub mod client;
+pub mod event;
+pub mod infra;
+pub mod latency;
+pub mod plot;
+pub mod preflight;
+pub mod process;
+pub mod procstat;
+pub mod producer;
+pub mod rawfanout;
+pub mod report;
+pub mod scenario;
+pub mod systems;
+pub mod verify;
+
+/// Microseconds since the Unix epoch (wall clock, shared by producer and
+/// clients on the same machine).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The loopback guard: every address the harness connects to or lets a
+/// server bind must be in 127.0.0.0/8.
+pub fn ensure_loopback(addr: &std::net::SocketAddr) -> anyhow::Result<()> {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_loopback() => Ok(()),
+        std::net::IpAddr::V6(ip) if ip.is_loopback() => Ok(()),
+        _ => anyhow::bail!(
+            "{addr} is not a loopback address; the load test only targets 127.0.0.0/8"
+        ),
+    }
+}
