@@ -1,0 +1,533 @@
+//! The generator's connections: one lightweight task per connection that
+//! connects (from a chosen loopback source address), performs the
+//! protocol's handshake, then scans every frame it receives, checks it
+//! ([`crate::verify`]) and records its latency ([`crate::latency`]).
+//!
+//! Protocols: Switchyard (`switchyard.v1.json` over WebSocket, subscribe
+//! with an optional cursor), Socket.IO (Engine.IO v4 over WebSocket, rooms
+//! from the handshake's `auth`), the naive broadcaster (WebSocket, nothing
+//! to say) and the raw TCP fan-out (length-prefixed frames).
+//!
+//! Invariant: a task owns its socket and its [`ConnState`]; the harness
+//! steers all tasks through one `watch` channel ([`Mode`]) and never blocks
+//! on a task, and every task ends on [`Mode::Stop`]. Connection attempts are
+//! bounded (count and timeout), so a dead server cannot keep a run alive.
+
+use crate::event::{cursor_of, scan, Scanned};
+use crate::latency::Recorder;
+use crate::verify::{ConnState, Verdict};
+use anyhow::{anyhow, bail, Context as _};
+use bytes::{Buf as _, BytesMut};
+use futures::{SinkExt as _, StreamExt as _};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt as _;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// The wire protocol of a system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Switchyard,
+    SocketIo,
+    NaiveWs,
+    RawTcp,
+}
+
+/// What the harness wants the connections to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Be connected (connect, or reconnect with the last cursor).
+    Run,
+    /// Drop the connection at once and stay away.
+    Offline,
+    /// Close and end the task.
+    Stop,
+}
+
+/// How to reach the system, for one connection.
+#[derive(Debug, Clone)]
+pub struct ClientSpec {
+    pub protocol: Protocol,
+    pub server: SocketAddr,
+    /// Source address; 127.0.0.1 leaves the choice to the kernel, any other
+    /// loopback address is bound explicitly (its own 28k ephemeral ports).
+    pub source_ip: Ipv4Addr,
+    /// Switchyard: the access token.
+    pub token: String,
+    /// Switchyard: the topic to subscribe to.
+    pub topic: &'static str,
+    /// Socket.IO: the product rooms to join.
+    pub products: Vec<String>,
+}
+
+/// State shared by all connections of one system phase.
+#[derive(Debug)]
+pub struct Shared {
+    pub recorder: Arc<Recorder>,
+    /// Connections currently connected and subscribed.
+    pub live: AtomicUsize,
+    /// Reconnect storm: the stream-0 sequence number that means "caught up"
+    /// (`u64::MAX` when not armed).
+    pub catch_up_target: AtomicU64,
+    /// Bounds concurrent handshakes (the storm lifts it).
+    pub connect_gate: Semaphore,
+    pub connect_timeout: Duration,
+    /// Attempts per connection before it gives up until the mode changes.
+    pub max_attempts: u32,
+}
+
+enum Conn {
+    Ws(Box<WebSocketStream<TcpStream>>),
+    Tcp(TcpStream, BytesMut),
+}
+
+enum End {
+    /// The harness changed the mode.
+    Mode,
+    /// The server closed, reset or broke the connection.
+    Lost(String),
+}
+
+fn ws_config() -> WebSocketConfig {
+    // Small buffers: 10,000 connections share the generator's memory.
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20))
+}
+
+async fn tcp_connect(source: Ipv4Addr, server: SocketAddr) -> anyhow::Result<TcpStream> {
+    crate::ensure_loopback(&server)?;
+    let sock = TcpSocket::new_v4()?;
+    if source != Ipv4Addr::LOCALHOST {
+        if !source.is_loopback() {
+            bail!("source address {source} is not loopback");
+        }
+        sock.bind(SocketAddr::from((source, 0)))
+            .with_context(|| format!("binding source address {source}"))?;
+    }
+    let s = sock.connect(server).await?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+fn frame_type(frame: &[u8]) -> &str {
+    let Some(at) = memchr::memmem::find(frame, br#""type":""#) else {
+        return "";
+    };
+    let rest = &frame[at + 8..];
+    let end = memchr::memchr(b'"', rest).unwrap_or(0);
+    std::str::from_utf8(&rest[..end]).unwrap_or("")
+}
+
+struct Session<'a> {
+    idx: usize,
+    spec: &'a ClientSpec,
+    state: &'a ConnState,
+    shared: &'a Shared,
+}
+
+impl Session<'_> {
+    /// Handles one received frame (any protocol).
+    fn frame(&self, frame: &[u8]) {
+        match scan(frame) {
+            Scanned::Event { n, stream, t_us } => {
+                let now = crate::now_us();
+                if self.state.observe(stream, n) == Verdict::Unentitled {
+                    return;
+                }
+                self.shared.recorder.record(self.idx, t_us, now);
+                if self.spec.protocol == Protocol::Switchyard {
+                    if let Some(c) = cursor_of(frame) {
+                        let mut g = self.state.cursor.lock().unwrap_or_else(|p| p.into_inner());
+                        let s = g.get_or_insert_with(String::new);
+                        s.clear();
+                        s.push_str(std::str::from_utf8(c).unwrap_or(""));
+                    }
+                }
+                if stream == 0
+                    && n >= self.shared.catch_up_target.load(Relaxed)
+                    && self.state.caught_up_at_us.load(Relaxed) == 0
+                {
+                    self.state.caught_up_at_us.store(now, Relaxed);
+                }
+            }
+            Scanned::Probe(k) => {
+                self.state.probe.fetch_max(k, Relaxed);
+            }
+            Scanned::Other => {
+                if self.spec.protocol == Protocol::Switchyard && frame_type(frame) == "error" {
+                    self.state.set_error(String::from_utf8_lossy(frame));
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> anyhow::Result<Conn> {
+        let spec = self.spec;
+        let tcp = tcp_connect(spec.source_ip, spec.server).await?;
+        let url = match spec.protocol {
+            Protocol::RawTcp => return Ok(Conn::Tcp(tcp, BytesMut::with_capacity(4096))),
+            Protocol::Switchyard => {
+                format!("ws://{}/v1/ws?access_token={}", spec.server, spec.token)
+            }
+            Protocol::SocketIo => {
+                format!("ws://{}/socket.io/?EIO=4&transport=websocket", spec.server)
+            }
+            Protocol::NaiveWs => format!("ws://{}/", spec.server),
+        };
+        let mut req = url.into_client_request()?;
+        if spec.protocol == Protocol::Switchyard {
+            req.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_static("switchyard.v1.json"),
+            );
+        }
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, tcp, Some(ws_config()))
+            .await
+            .map_err(|e| anyhow!("WebSocket handshake: {e}"))?;
+        match spec.protocol {
+            Protocol::Switchyard => self.switchyard_handshake(&mut ws).await?,
+            Protocol::SocketIo => self.socketio_handshake(&mut ws).await?,
+            Protocol::NaiveWs | Protocol::RawTcp => {}
+        }
+        Ok(Conn::Ws(Box::new(ws)))
+    }
+
+    async fn next_text(ws: &mut WebSocketStream<TcpStream>) -> anyhow::Result<Vec<u8>> {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return Ok(t.as_bytes().to_vec()),
+                Some(Ok(Message::Binary(b))) => return Ok(b.to_vec()),
+                Some(Ok(Message::Close(f))) => bail!("closed during handshake: {f:?}"),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => bail!("during handshake: {e}"),
+                None => bail!("closed during handshake"),
+            }
+        }
+    }
+
+    async fn switchyard_handshake(
+        &self,
+        ws: &mut WebSocketStream<TcpStream>,
+    ) -> anyhow::Result<()> {
+        let welcome = Self::next_text(ws).await?;
+        if frame_type(&welcome) != "welcome" {
+            bail!(
+                "expected welcome, got {}",
+                String::from_utf8_lossy(&welcome)
+            );
+        }
+        let cursor = self
+            .state
+            .cursor
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut sub = serde_json::json!({"type": "subscribe", "id": 1, "topic": self.spec.topic});
+        if let Some(c) = cursor {
+            sub["cursor"] = serde_json::Value::String(c);
+        }
+        ws.send(Message::text(sub.to_string())).await?;
+        loop {
+            let f = Self::next_text(ws).await?;
+            match frame_type(&f) {
+                "subscribed" => return Ok(()),
+                "error" => bail!("subscribe refused: {}", String::from_utf8_lossy(&f)),
+                _ => self.frame(&f),
+            }
+        }
+    }
+
+    async fn socketio_handshake(&self, ws: &mut WebSocketStream<TcpStream>) -> anyhow::Result<()> {
+        let open = Self::next_text(ws).await?;
+        if open.first() != Some(&b'0') {
+            bail!(
+                "expected Engine.IO open, got {}",
+                String::from_utf8_lossy(&open)
+            );
+        }
+        let auth = serde_json::json!({ "products": self.spec.products });
+        ws.send(Message::text(format!("40{auth}"))).await?;
+        loop {
+            let f = Self::next_text(ws).await?;
+            match f.as_slice() {
+                b"2" => ws.send(Message::text("3")).await?,
+                x if x.starts_with(b"44") => {
+                    bail!("Socket.IO connect refused: {}", String::from_utf8_lossy(x))
+                }
+                x if x.starts_with(br#"42["ready""#) => return Ok(()),
+                x if x.starts_with(b"40") => {}
+                x => self.frame(x),
+            }
+        }
+    }
+
+    async fn read_loop(&self, conn: &mut Conn, ctrl: &mut watch::Receiver<Mode>) -> End {
+        match conn {
+            Conn::Ws(ws) => loop {
+                tokio::select! {
+                    biased;
+                    _ = ctrl.changed() => return End::Mode,
+                    msg = ws.next() => match msg {
+                        Some(Ok(Message::Text(t))) => {
+                            if self.spec.protocol == Protocol::SocketIo && t.as_str() == "2" {
+                                if let Err(e) = ws.send(Message::text("3")).await {
+                                    return End::Lost(format!("sending pong: {e}"));
+                                }
+                                continue;
+                            }
+                            self.frame(t.as_bytes());
+                        }
+                        Some(Ok(Message::Binary(b))) => self.frame(&b),
+                        Some(Ok(Message::Close(f))) => return End::Lost(format!("closed by server: {f:?}")),
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return End::Lost(e.to_string()),
+                        None => return End::Lost("connection ended".into()),
+                    }
+                }
+            },
+            Conn::Tcp(stream, buf) => loop {
+                tokio::select! {
+                    biased;
+                    _ = ctrl.changed() => return End::Mode,
+                    r = stream.read_buf(buf) => match r {
+                        Ok(0) => return End::Lost("closed by server".into()),
+                        Err(e) => return End::Lost(e.to_string()),
+                        Ok(_) => {
+                            while buf.len() >= 4 {
+                                let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                                if buf.len() < 4 + len {
+                                    buf.reserve(4 + len - buf.len());
+                                    break;
+                                }
+                                self.frame(&buf[4..4 + len]);
+                                buf.advance(4 + len);
+                            }
+                        }
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// One connection's task: connect, read, reconnect, as the mode says.
+async fn run_client(
+    idx: usize,
+    spec: ClientSpec,
+    state: Arc<ConnState>,
+    shared: Arc<Shared>,
+    mut ctrl: watch::Receiver<Mode>,
+) {
+    let session = Session {
+        idx,
+        spec: &spec,
+        state: &state,
+        shared: &shared,
+    };
+    let mut attempts = 0u32;
+    loop {
+        let mode = *ctrl.borrow_and_update();
+        match mode {
+            Mode::Stop => return,
+            Mode::Offline => {
+                attempts = 0;
+                if ctrl.changed().await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Mode::Run => {}
+        }
+        if attempts >= shared.max_attempts {
+            // Give up until the harness changes the mode.
+            if ctrl.changed().await.is_err() {
+                return;
+            }
+            attempts = 0;
+            continue;
+        }
+        attempts += 1;
+        let connected = {
+            let Ok(_permit) = shared.connect_gate.acquire().await else {
+                return;
+            };
+            tokio::select! {
+                biased;
+                _ = ctrl.changed() => continue,
+                r = tokio::time::timeout(shared.connect_timeout, session.connect()) => {
+                    r.map_err(|_| anyhow!("connect timed out after {:?}", shared.connect_timeout)).and_then(|r| r)
+                }
+            }
+        };
+        match connected {
+            Ok(mut conn) => {
+                attempts = 0;
+                state.connected_at_us.store(crate::now_us(), Relaxed);
+                state.live.store(true, Relaxed);
+                shared.live.fetch_add(1, Relaxed);
+                let end = session.read_loop(&mut conn, &mut ctrl).await;
+                state.live.store(false, Relaxed);
+                shared.live.fetch_sub(1, Relaxed);
+                drop(conn);
+                if let End::Lost(why) = end {
+                    state.disconnects.fetch_add(1, Relaxed);
+                    state.set_error(why);
+                    backoff(&mut ctrl, 1).await;
+                }
+            }
+            Err(e) => {
+                state.connect_failures.fetch_add(1, Relaxed);
+                state.set_error(format!("{e:#}"));
+                backoff(&mut ctrl, attempts).await;
+            }
+        }
+    }
+}
+
+/// Waits a little (more after repeated failures) unless the mode changes.
+async fn backoff(ctrl: &mut watch::Receiver<Mode>, attempt: u32) {
+    let base = 100u64 * u64::from(attempt.min(20));
+    let jitter = rand::random::<u64>() % (base + 1);
+    tokio::select! {
+        _ = ctrl.changed() => {}
+        _ = tokio::time::sleep(Duration::from_millis(base + jitter)) => {}
+    }
+}
+
+/// All connections of one system phase.
+#[derive(Debug)]
+pub struct Fleet {
+    pub conns: Vec<Arc<ConnState>>,
+    pub shared: Arc<Shared>,
+    ctrl: watch::Sender<Mode>,
+    tasks: JoinSet<()>,
+}
+
+/// How a fleet connects.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetOptions {
+    pub connect_concurrency: usize,
+    pub connect_timeout: Duration,
+    pub max_attempts: u32,
+    pub shards: usize,
+}
+
+impl Fleet {
+    /// Spawns one task per `(spec, entitled streams)`; they start connecting
+    /// at once (at most `connect_concurrency` handshakes at a time).
+    pub fn spawn(clients: Vec<(ClientSpec, Vec<u32>)>, opts: FleetOptions) -> Fleet {
+        let shared = Arc::new(Shared {
+            recorder: Arc::new(Recorder::new(opts.shards)),
+            live: AtomicUsize::new(0),
+            catch_up_target: AtomicU64::new(u64::MAX),
+            connect_gate: Semaphore::new(opts.connect_concurrency.max(1)),
+            connect_timeout: opts.connect_timeout,
+            max_attempts: opts.max_attempts.max(1),
+        });
+        let (ctrl, rx) = watch::channel(Mode::Run);
+        let mut tasks = JoinSet::new();
+        let mut conns = Vec::with_capacity(clients.len());
+        for (idx, (spec, streams)) in clients.into_iter().enumerate() {
+            let state = Arc::new(ConnState::new(streams));
+            conns.push(state.clone());
+            tasks.spawn(run_client(idx, spec, state, shared.clone(), rx.clone()));
+        }
+        Fleet {
+            conns,
+            shared,
+            ctrl,
+            tasks,
+        }
+    }
+
+    pub fn live(&self) -> usize {
+        self.shared.live.load(Relaxed)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.ctrl.send_replace(mode);
+    }
+
+    /// Lets `extra` more handshakes run at once (the storm's "all at once").
+    pub fn widen_gate(&self, extra: usize) {
+        self.shared.connect_gate.add_permits(extra);
+    }
+
+    /// Waits until `want` connections are live, every connection has given
+    /// up, or `timeout`; returns how many are live.
+    pub async fn wait_live(&self, want: usize, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = usize::MAX;
+        let mut last_report = tokio::time::Instant::now();
+        loop {
+            let live = self.live();
+            if live >= want || tokio::time::Instant::now() >= deadline {
+                return live;
+            }
+            let exhausted = self.conns.iter().all(|c| {
+                c.live.load(Relaxed)
+                    || c.connect_failures.load(Relaxed) >= u64::from(self.shared.max_attempts)
+            });
+            if exhausted {
+                return live;
+            }
+            if live != last && last_report.elapsed() > Duration::from_secs(2) {
+                eprintln!("    {live}/{want} connections live");
+                last_report = tokio::time::Instant::now();
+            }
+            last = live;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Live connections that have seen probe `k` (or a later one).
+    pub fn probed(&self, k: u64) -> usize {
+        self.conns
+            .iter()
+            .filter(|c| c.live.load(Relaxed) && c.probe.load(Relaxed) >= k)
+            .count()
+    }
+
+    /// A few distinct error texts, for the report.
+    pub fn sample_errors(&self, max: usize) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for c in &self.conns {
+            if let Some(e) = c
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+            {
+                let e: String = e.chars().take(200).collect();
+                if !out.contains(&e) {
+                    out.push(e);
+                    if out.len() >= max {
+                        break;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Stops every task (closing its socket) and waits for them.
+    pub async fn shutdown(mut self, timeout: Duration) {
+        self.set_mode(Mode::Stop);
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(timeout, all).await.is_err() {
+            self.tasks.abort_all();
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! `switchyard-loadtest`: parses the command line, raises the open-files
+//! limit, runs the scenario(s) and writes the results. Behaviour lives in
+//! the library (`scenario`, `report`).
+
+use clap::Parser as _;
+use switchyard_loadtest::cli::{Cli, Cmd, ScenarioKind};
+use switchyard_loadtest::report;
+
+/// Exit code when events were lost, duplicated or leaked (without --allow-loss).
+const EXIT_LOSS: i32 = 2;
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => match rt.block_on(run(cli)) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        },
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn raise_nofile() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("warning: cannot raise the open-files limit: {e}");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |l| l.0)
+        }
+    }
+}
+
+/// The command that reproduces `scenario` (an `all` run is recorded per scenario).
+fn command_for(scenario: ScenarioKind) -> String {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let mut out = vec!["loadtest/run.sh".to_owned()];
+    let mut replaced = false;
+    for a in args {
+        if !replaced && !a.starts_with('-') {
+            out.push(scenario.name().to_owned());
+            replaced = true;
+        } else {
+            out.push(a);
+        }
+    }
+    out.join(" ")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.cmd {
+        Cmd::Preflight => {
+            switchyard_loadtest::preflight::report(raise_nofile());
+            Ok(0)
+        }
+        Cmd::Report { out_dir } => {
+            let default = out_dir.is_none();
+            let dir = out_dir.unwrap_or_else(report::default_out_dir);
+            report::regenerate(&dir, default.then(report::readme_path).as_deref())?;
+            eprintln!("rewrote reports in {}", dir.display());
+            Ok(0)
+        }
+        Cmd::Run(args) => {
+            let nofile = raise_nofile();
+            let args = *args;
+            let conns_needed = ScenarioKind::EACH
+                .iter()
+                .map(|s| args.connections_for(*s))
+                .max()
+                .unwrap_or(0) as u64;
+            if nofile < conns_needed + 1024 {
+                eprintln!(
+                    "warning: open-files limit {nofile} is below the {conns_needed} connections asked for; run through loadtest/run.sh (ulimit -n 200000)"
+                );
+            }
+            let default_out = args.out_dir.is_none();
+            let out_dir = args.out_dir.clone().unwrap_or_else(report::default_out_dir);
+            let scenarios: Vec<ScenarioKind> = if args.scenario == ScenarioKind::All {
+                ScenarioKind::EACH.to_vec()
+            } else {
+                vec![args.scenario]
+            };
+            let mut code = 0;
+            for scenario in scenarios {
+                let mut r = switchyard_loadtest::scenario::run(
+                    args.clone(),
+                    scenario,
+                    command_for(scenario),
+                )
+                .await?;
+                if args.merge {
+                    let prior = report::read_all(&out_dir)
+                        .into_iter()
+                        .find(|p| p.scenario == r.scenario);
+                    if let Some(prior) = prior {
+                        for old in prior.results {
+                            if !r.results.iter().any(|x| x.system == old.system) {
+                                r.results.push(old);
+                            }
+                        }
+                    }
+                }
+                report::write_run(&out_dir, &r)?;
+                println!("\n## {}\n\n{}", r.scenario, report::summary_table(&r));
+                if !r.ok {
+                    eprintln!("\n!!! {}: CORRECTNESS PROBLEMS !!!", r.scenario);
+                    for p in &r.problems {
+                        eprintln!("!!!   {p}");
+                    }
+                    if !args.allow_loss {
+                        code = EXIT_LOSS;
+                    }
+                }
+                eprintln!("wrote {}/{}.{{json,md,svg}}", out_dir.display(), r.scenario);
+            }
+            if default_out && !args.no_readme {
+                report::update_readme(&report::readme_path(), &report::read_all(&out_dir))?;
+            }
+            Ok(code)
+        }
+    }
+}
