@@ -5,26 +5,30 @@
 //!
 //! Where things are:
 //! - [`model`]: the topology file as written (the seed's JSON shape, or YAML).
-//! - [`topology`]: loading, validation (errors name file, path and fix) and
-//!   the compiled, immutable [`Topology`].
-//! - [`resolve`]: [`Topology::resolve`] and its inputs and outputs.
-//! - [`lookback`]: `CalendarDay` / `Minutes` windows and expiry.
+//! - [`topology`]: loading, validation (errors name file, JSON path and fix)
+//!   and the compiled, immutable [`Topology`].
+//! - [`resolve`]: [`Topology::resolve`] and its inputs ([`Scope`],
+//!   [`Entitlements`], [`Purpose`]) and output ([`ResolvedChannel`]).
+//! - [`lookback`]: `CalendarDay` / `Minutes` replay windows and expiry.
 //! - [`reload`]: [`TopologyHandle`], atomic hot reload on file change or SIGHUP.
+//! - `src/bin/switchyard-topology.rs`: the `check` / `explain` CLI.
+//! - `README.md`: the file format, the rules and the extensions, for authors.
 //!
 //! The invariant a maintainer must not break: subscribe and publish go
 //! through the same [`Topology::resolve`], so a user receives an event if and
-//! only if their channel set and the event's share a channel key.
+//! only if their channel keys and the event's intersect.
 //!
-//! Extensions beyond the seed's shape (all optional):
+//! Extensions beyond the seed's shape (all optional; a file in exactly the
+//! seed's shape loads unchanged):
 //! - `FilterCollections: ["Name", ...]` (or `FilterCollection: "Name"`) on a
-//!   channel reuses a hub's named filter collections;
+//!   channel merges the hub's named collections' filters with its own;
 //! - `Ephemeral: true`: best-effort channel, delivered live only, never
 //!   stored in the cursor log (no replay, no catch-up);
 //! - `RetentionMinutes: N`: keep the channel's entries at least N minutes for
 //!   cursor catch-up, beyond the lookback window;
 //! - tenants: resolution with a tenant (the `tenant` claim or event field)
-//!   prefixes every channel key, so equal product codes in two tenants never
-//!   share a channel.
+//!   prefixes every channel key (`tenant/hub/name`), so equal product codes in
+//!   two tenants never share a channel.
 
 pub mod lookback;
 pub mod model;
@@ -33,6 +37,6 @@ pub mod resolve;
 pub mod topology;
 
 pub use lookback::LookBack;
-pub use reload::TopologyHandle;
+pub use reload::{TopologyHandle, RELOADS};
 pub use resolve::{Entitlements, Purpose, ResolvedChannel, Scope, FEATURE_NAMES, PRODUCT_CODES};
-pub use topology::{Issue, Topology, TopologyError};
+pub use topology::{Issue, Topology, TopologyError, PLACEHOLDER, WILDCARD};

@@ -1,25 +1,33 @@
 //! The one resolution function: from a topic and a list of scopes (a user's
 //! entitlements on subscribe, an event's audience on publish) to the concrete
-//! channels, following the seed's priority chain:
+//! channels, following the seed's priority chain for each of the topic's
+//! channel definitions:
 //!
-//! 1. a channel without filters is one static channel (`[ScopeValue]` → `*`);
-//! 2. if the scopes carry product codes and the channel filters on them, each
-//!    accepted code becomes a channel (`News-[ScopeValue]` → `News-CHLT`);
-//! 3. otherwise feature names, the same way.
+//! 1. no filters (after merging collections): one static channel
+//!    (`[ScopeValue]` → `*`);
+//! 2. the scopes' product codes accepted by the channel's `Product Codes`
+//!    filter: each becomes a channel (`News-[ScopeValue]` → `News-CHLT`), or
+//!    the single static name when the name has no placeholder;
+//! 3. if that yields nothing: the same with `Feature Names`.
 //!
-//! Invariant: [`Topology::resolve`] is a pure function of its inputs, and
-//! its output is de-duplicated by key and sorted, so the subscribe and
-//! publish sides always agree on channel identity.
+//! Invariant: [`Topology::resolve`] is a pure function of its inputs and its
+//! output is de-duplicated by key and sorted by key, so the subscribe and
+//! publish sides always agree on channel identity: a user receives an event
+//! exactly when their channel keys and the event's intersect.
 
 use crate::lookback::LookBack;
-use crate::topology::{Channel, Topology, PLACEHOLDER};
+use crate::topology::{Accept, Channel, Topology};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::time::Duration;
 
+/// Scope type of product entitlements (JWT claim `products`).
 pub const PRODUCT_CODES: &str = "Product Codes";
+/// Scope type of feature entitlements (JWT claim `features`).
 pub const FEATURE_NAMES: &str = "Feature Names";
 
-/// One scope of an audience or of entitlements.
+/// One scope of an event's audience or of a user's entitlements; on the wire
+/// `{"type": "Product Codes", "values": ["CHLT"]}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
 pub struct Scope {
     #[serde(rename = "type")]
@@ -28,7 +36,25 @@ pub struct Scope {
     pub values: Vec<String>,
 }
 
-/// What a user holds (from the token's claims).
+impl Scope {
+    /// A `Product Codes` scope.
+    pub fn products<S: Into<String>>(values: impl IntoIterator<Item = S>) -> Scope {
+        Scope {
+            scope_type: PRODUCT_CODES.to_owned(),
+            values: values.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// A `Feature Names` scope.
+    pub fn features<S: Into<String>>(values: impl IntoIterator<Item = S>) -> Scope {
+        Scope {
+            scope_type: FEATURE_NAMES.to_owned(),
+            values: values.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// What a user holds (from the token's `tenant`, `products`, `features`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Entitlements {
     pub tenant: Option<String>,
@@ -37,7 +63,8 @@ pub struct Entitlements {
 }
 
 impl Entitlements {
-    /// The entitlements as scopes.
+    /// The entitlements as scopes: products as `Product Codes`, features as
+    /// `Feature Names`.
     pub fn scopes(&self) -> Vec<Scope> {
         vec![
             Scope {
@@ -53,30 +80,36 @@ impl Entitlements {
 }
 
 /// Why resolution is asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Purpose {
+    /// A client subscribes: the scopes are its entitlements.
     Subscribe,
     /// An event from Kafka: `IsPublishableByUser` does not apply.
     SystemPublish,
-    /// A client's `publish` frame: only publishable channels.
+    /// A client's `publish` frame: only channels with `IsPublishableByUser`.
     UserPublish,
 }
 
 /// A concrete channel.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ResolvedChannel {
-    /// Globally unique log key: `hub/name`, or `tenant/hub/name` (each part
-    /// escaped so no two inputs share a key).
+    /// Globally unique log key: `hub/name`, or `tenant/hub/name` with a
+    /// tenant. Each part has `%` and `/` percent-escaped, so distinct
+    /// (tenant, hub, name) triples never share a key.
     pub key: String,
+    /// The concrete name, e.g. `News-CHLT`.
     pub name: String,
     pub hub: String,
     pub topic: String,
+    /// Best-effort: delivered live only, never stored in the cursor log.
     pub ephemeral: bool,
     pub lookback: Option<LookBack>,
+    /// Keep entries at least this long (beyond the lookback window).
     pub retention: Option<Duration>,
 }
 
-fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+/// Percent-escapes the key separator (and the escape character itself).
+pub(crate) fn escape(s: &str) -> Cow<'_, str> {
     if s.contains(['%', '/']) {
         s.replace('%', "%25").replace('/', "%2F").into()
     } else {
@@ -84,15 +117,21 @@ fn escape(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-fn values<'a>(scopes: &'a [Scope], scope_type: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+fn values_of<'a>(scopes: &'a [Scope], scope_type: &str) -> Vec<&'a str> {
     scopes
         .iter()
-        .filter(move |s| s.scope_type == scope_type)
+        .filter(|s| s.scope_type == scope_type)
         .flat_map(|s| s.values.iter().map(String::as_str))
+        .collect()
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 impl Topology {
-    /// Resolves `topic` for `scopes` (in `tenant`, when given).
+    /// Resolves `topic` for `scopes` (inside `tenant`, when given). Scope
+    /// types other than `Product Codes` and `Feature Names` are ignored.
     pub fn resolve(
         &self,
         topic: &str,
@@ -100,33 +139,24 @@ impl Topology {
         tenant: Option<&str>,
         purpose: Purpose,
     ) -> Vec<ResolvedChannel> {
-        let Some(indices) = self.by_topic.get(topic) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for &i in indices {
-            let c = &self.channels[i];
-            if purpose == Purpose::UserPublish && !c.publishable {
-                continue;
-            }
-            for name in channel_names(c, scopes) {
-                out.push(make(c, name, tenant));
-            }
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        out.dedup_by(|a, b| a.key == b.key);
-        out
+        let products = values_of(scopes, PRODUCT_CODES);
+        let features = values_of(scopes, FEATURE_NAMES);
+        self.resolve_values(topic, &products, &features, tenant, purpose)
     }
 
+    /// The channels a user with `ent` sits in for `topic`.
     pub fn resolve_subscriber(&self, topic: &str, ent: &Entitlements) -> Vec<ResolvedChannel> {
-        self.resolve(
+        self.resolve_values(
             topic,
-            &ent.scopes(),
+            &as_strs(&ent.products),
+            &as_strs(&ent.features),
             ent.tenant.as_deref(),
             Purpose::Subscribe,
         )
     }
 
+    /// The channels an event (from Kafka) goes to; ignores
+    /// `IsPublishableByUser`.
     pub fn resolve_event(
         &self,
         topic: &str,
@@ -136,49 +166,84 @@ impl Topology {
         self.resolve(topic, scopes, tenant, Purpose::SystemPublish)
     }
 
+    /// The channels a user's own `publish` goes to: only channels with
+    /// `IsPublishableByUser`, scoped by the user's entitlements.
     pub fn resolve_user_publish(&self, topic: &str, ent: &Entitlements) -> Vec<ResolvedChannel> {
-        self.resolve(
+        self.resolve_values(
             topic,
-            &ent.scopes(),
+            &as_strs(&ent.products),
+            &as_strs(&ent.features),
             ent.tenant.as_deref(),
             Purpose::UserPublish,
         )
     }
-}
 
-fn channel_names(c: &Channel, scopes: &[Scope]) -> Vec<String> {
-    if c.products.is_none() && c.features.is_none() {
-        return vec![c.name.replace(PLACEHOLDER, "*")];
-    }
-    for (accept, scope_type) in [(&c.products, PRODUCT_CODES), (&c.features, FEATURE_NAMES)] {
-        let Some(accept) = accept else { continue };
-        let matched: Vec<&str> = values(scopes, scope_type)
-            .filter(|v| !v.is_empty() && accept.accepts(v))
-            .collect();
-        if matched.is_empty() {
-            continue;
+    fn resolve_values(
+        &self,
+        topic: &str,
+        products: &[&str],
+        features: &[&str],
+        tenant: Option<&str>,
+        purpose: Purpose,
+    ) -> Vec<ResolvedChannel> {
+        let tenant_prefix = tenant.map(|t| format!("{}/", escape(t)));
+        let tenant_prefix = tenant_prefix.as_deref().unwrap_or("");
+        let mut out = Vec::new();
+        for c in self.topic_channels(topic) {
+            if purpose == Purpose::UserPublish && !c.publishable {
+                continue;
+            }
+            if !c.has_filters() {
+                out.push(make(c, "*", tenant_prefix));
+                continue;
+            }
+            let Some((accept, values)) = pick(c, products, features) else {
+                continue;
+            };
+            if c.name_parts.len() == 1 {
+                out.push(make(c, "", tenant_prefix));
+                continue;
+            }
+            for v in values.iter().filter(|v| !v.is_empty() && accept.accepts(v)) {
+                out.push(make(c, v, tenant_prefix));
+            }
         }
-        return if c.has_placeholder() {
-            matched
-                .iter()
-                .map(|v| c.name.replace(PLACEHOLDER, v))
-                .collect()
-        } else {
-            vec![c.name.clone()]
-        };
+        // Stable: among equal keys the first channel definition wins.
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        out.dedup_by(|a, b| a.key == b.key);
+        out
     }
-    Vec::new()
 }
 
-fn make(c: &Channel, name: String, tenant: Option<&str>) -> ResolvedChannel {
-    let key = match tenant {
-        Some(t) => format!("{}/{}/{}", escape(t), escape(&c.hub), escape(&name)),
-        None => format!("{}/{}", escape(&c.hub), escape(&name)),
-    };
+/// The seed's priority chain: product codes first, then feature names; the
+/// first scope type with at least one accepted value decides.
+fn pick<'c, 'v>(
+    c: &'c Channel,
+    products: &'v [&'v str],
+    features: &'v [&'v str],
+) -> Option<(&'c Accept, &'v [&'v str])> {
+    [(&c.products, products), (&c.features, features)]
+        .into_iter()
+        .find_map(|(accept, values)| {
+            let accept = accept.as_ref()?;
+            values
+                .iter()
+                .any(|v| !v.is_empty() && accept.accepts(v))
+                .then_some((accept, values))
+        })
+}
+
+fn make(c: &Channel, value: &str, tenant_prefix: &str) -> ResolvedChannel {
+    let name = c.name_parts.join(value);
+    let escaped = escape(&name);
+    let mut key = String::with_capacity(tenant_prefix.len() + c.key_stem.len() + escaped.len());
+    key.push_str(tenant_prefix);
+    key.push_str(&c.key_stem);
+    key.push_str(&escaped);
     ResolvedChannel {
         key,
         name,
-        hub: c.hub.to_string(),
+        hub: c.hub.clone(),
         topic: c.topic.clone(),
         ephemeral: c.ephemeral,
         lookback: c.lookback,
@@ -291,5 +356,145 @@ mod tests {
         let mut c = user(&["CHLT"]);
         c.tenant = Some("acme/Content".into());
         assert_ne!(&t.resolve_subscriber("News", &c)[0].key, ka);
+    }
+
+    fn scopes(products: &[&str], features: &[&str]) -> Vec<Scope> {
+        vec![
+            Scope::products(products.iter().copied()),
+            Scope::features(features.iter().copied()),
+        ]
+    }
+
+    #[test]
+    fn specific_values_keep_only_matching_codes() {
+        let t = Topology::from_json_str(
+            r#"{"Hubs":[{"Name":"H","Channels":[
+              {"Name":"Sector-[ScopeValue]","Topic":"Sector","Filters":[{"Type":"Product Codes","Values":["CHLT"]}]},
+              {"Name":"Premium Desk","Topic":"Desk","Filters":[{"Type":"Product Codes","Values":["CHLT","FullAccess"]}]}
+            ]}]}"#,
+            "t.json",
+        )
+        .unwrap();
+        assert_eq!(
+            names(&t.resolve_event("Sector", &product_scope(&["CHLT", "Sfc"]), None)),
+            ["Sector-CHLT"]
+        );
+        assert!(t.resolve_subscriber("Sector", &user(&["Sfc"])).is_empty());
+        // No placeholder: one static channel when any value matches.
+        assert_eq!(
+            names(&t.resolve_subscriber("Desk", &user(&["FullAccess", "CHLT"]))),
+            ["Premium Desk"]
+        );
+        assert!(t.resolve_subscriber("Desk", &user(&["Sfc"])).is_empty());
+    }
+
+    #[test]
+    fn feature_names_only_when_products_yield_nothing() {
+        let t = topo();
+        // Alerts: products ["CHLT"], features ["*"].
+        let both = t.resolve_event("Alerts", &scopes(&["CHLT", "Sfc"], &["Beta"]), None);
+        assert_eq!(names(&both), ["Alerts-CHLT"]);
+        let features = t.resolve_event("Alerts", &scopes(&["Sfc"], &["Beta", "Gamma"]), None);
+        assert_eq!(names(&features), ["Alerts-Beta", "Alerts-Gamma"]);
+        let only_features = t.resolve_event("Alerts", &scopes(&[], &["Beta"]), None);
+        assert_eq!(names(&only_features), ["Alerts-Beta"]);
+        // News filters products only: features never reach it.
+        assert!(t
+            .resolve_event("News", &scopes(&[], &["Beta"]), None)
+            .is_empty());
+    }
+
+    #[test]
+    fn scopes_are_merged_cleaned_and_unknown_types_ignored() {
+        let t = topo();
+        let s = vec![
+            Scope::products(["CHLT"]),
+            Scope {
+                scope_type: "Regions".into(),
+                values: vec!["EU".into()],
+            },
+            Scope::products(["Sfc", "CHLT", ""]),
+        ];
+        assert_eq!(
+            names(&t.resolve_event("News", &s, None)),
+            ["News-CHLT", "News-Sfc"]
+        );
+        assert!(t.resolve_event("News", &[], None).is_empty());
+        let odd = Scope {
+            scope_type: "product codes".into(),
+            values: vec!["CHLT".into()],
+        };
+        assert!(t.resolve_event("News", &[odd], None).is_empty());
+    }
+
+    #[test]
+    fn a_topic_spans_channels_and_hubs_sorted_and_deduplicated() {
+        let t = Topology::from_json_str(
+            r#"{"Hubs":[
+              {"Name":"Zeta","Channels":[{"Name":"News-[ScopeValue]","Topic":"News","Filters":[{"Type":"Product Codes","Values":["*"]}]}]},
+              {"Name":"Alpha","Channels":[
+                {"Name":"News-[ScopeValue]","Topic":"News","Filters":[{"Type":"Product Codes","Values":["*"]}],
+                 "LookBack":{"IsEnabled":true,"TtlPeriodType":"Minutes","TtlValue":5}},
+                {"Name":"News-CHLT","Topic":"News","Filters":[]},
+                {"Name":"Ticker","Topic":"News","Ephemeral":true}
+              ]}
+            ]}"#,
+            "t.json",
+        )
+        .unwrap();
+        let r = t.resolve_subscriber("News", &user(&["Sfc", "CHLT", "CHLT"]));
+        let keys: Vec<&str> = r.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "Alpha/News-CHLT",
+                "Alpha/News-Sfc",
+                "Alpha/Ticker",
+                "Zeta/News-CHLT",
+                "Zeta/News-Sfc"
+            ]
+        );
+        // On a shared key the first definition in the file wins.
+        assert_eq!(r[0].lookback, Some(LookBack::Minutes(5)));
+        assert!(r[2].ephemeral);
+        assert_eq!(r[3].hub, "Zeta");
+        assert_eq!(r[3].topic, "News");
+    }
+
+    #[test]
+    fn subscribe_and_system_publish_ignore_the_publish_flag() {
+        let t = topo();
+        for p in [Purpose::Subscribe, Purpose::SystemPublish] {
+            assert_eq!(
+                names(&t.resolve("News", &product_scope(&["CHLT"]), None, p)),
+                ["News-CHLT"]
+            );
+        }
+        assert!(t
+            .resolve(
+                "News",
+                &product_scope(&["CHLT"]),
+                None,
+                Purpose::UserPublish
+            )
+            .is_empty());
+        let u = user(&["CHLT"]);
+        assert_eq!(
+            t.resolve("News", &u.scopes(), None, Purpose::Subscribe),
+            t.resolve_subscriber("News", &u)
+        );
+    }
+
+    #[test]
+    fn keys_escape_separators() {
+        let t = Topology::from_json_str(
+            r#"{"Hubs":[{"Name":"a/b","Channels":[{"Name":"N-[ScopeValue]","Topic":"T","Filters":[{"Type":"Product Codes","Values":["*"]}]}]}]}"#,
+            "t.json",
+        )
+        .unwrap();
+        let r = t.resolve_event("T", &product_scope(&["x/y", "50%"]), Some("t/1"));
+        let keys: Vec<&str> = r.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["t%2F1/a%2Fb/N-50%25", "t%2F1/a%2Fb/N-x%2Fy"]);
+        assert_eq!(r[1].name, "N-x/y");
     }
 }

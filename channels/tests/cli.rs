@@ -18,17 +18,14 @@ fn cli(args: &[&str]) -> (i32, String) {
 }
 
 fn example() -> String {
-    format!(
-        "{}/../deploy/topology.example.json",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    format!("{}/examples/topology.json", env!("CARGO_MANIFEST_DIR"))
 }
 
 #[test]
 fn check_accepts_the_examples_and_names_problems() {
     let (code, text) = cli(&["check", &example()]);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("ok: 5 channels"), "{text}");
+    assert!(text.contains("ok: 1 hub(s), 7 channels"), "{text}");
     let yaml = example().replace(".json", ".yaml");
     assert_eq!(cli(&["check", &yaml]).0, 0);
 
@@ -94,5 +91,79 @@ fn explain_shows_channels_and_receivers() {
         "{text}"
     );
     assert!(text.contains("c: does not receive it"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn explain_covers_features_tenants_and_targeted_events() {
+    let (code, text) = cli(&[
+        "explain",
+        &example(),
+        "--topic",
+        "Alerts",
+        "--products",
+        "CHLT",
+        "--features",
+        "TradeAlerts,Other",
+        "--tenant",
+        "acme",
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains(
+            "Alerts-TradeAlerts  (key acme/Content/Alerts-TradeAlerts; lookback Minutes(30))"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("Alerts-Other"), "{text}");
+
+    let (code, text) = cli(&["explain", &example(), "--topic", "Nope"]);
+    assert_eq!(code, 1);
+    assert!(text.contains("not in the topology"), "{text}");
+
+    let dir = std::env::temp_dir().join(format!("sy-cli-t-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ev = dir.join("event.json");
+    let users = dir.join("users.json");
+    std::fs::write(
+        &ev,
+        r#"{"id":"2","topic":"Notifications","user_id":"a","tenant":"acme","payload":{}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        &users,
+        r#"[{"sub":"a","tenant":"acme"},{"sub":"b","tenant":"acme"},{"sub":"a2","tenant":"globex"}]"#,
+    )
+    .unwrap();
+    let (code, text) = cli(&[
+        "explain",
+        &example(),
+        "--event",
+        ev.to_str().unwrap(),
+        "--users",
+        users.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("a: receives it once, via Notifications"),
+        "{text}"
+    );
+    assert!(
+        text.contains("b: does not receive it (the event targets user \"a\")"),
+        "{text}"
+    );
+    assert!(text.contains("a2: does not receive it"), "{text}");
+
+    std::fs::write(&users, r#"{"not":"a list"}"#).unwrap();
+    let (code, text) = cli(&[
+        "explain",
+        &example(),
+        "--event",
+        ev.to_str().unwrap(),
+        "--users",
+        users.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("users.json: expected"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,13 +7,14 @@
 //!   an event (the Kafka JSON envelope) and which of the given users
 //!   (`[{"sub":..,"products":[..],"features":[..],"tenant":..}]`) receive it.
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use switchyard_channels::{Entitlements, ResolvedChannel, Scope, Topology};
 
-#[derive(Parser)]
+#[derive(Debug, Parser)]
 #[command(
     name = "switchyard-topology",
     about = "Check and explain Switchyard topology files"
@@ -23,7 +24,7 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 enum Cmd {
     /// Validate a topology file.
     Check { file: PathBuf },
@@ -47,7 +48,7 @@ enum Cmd {
     },
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct EventIn {
     topic: String,
     #[serde(default)]
@@ -58,7 +59,7 @@ struct EventIn {
     user_id: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 struct UserIn {
     sub: String,
     #[serde(default)]
@@ -104,8 +105,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Cmd::Check { file } => match Topology::load(&file) {
             Ok(t) => {
                 println!(
-                    "{}: ok: {} channels, topics: {}",
+                    "{}: ok: {} hub(s), {} channels, topics: {}",
                     file.display(),
+                    t.hub_count(),
                     t.channel_count(),
                     t.topics().join(", ")
                 );
@@ -133,15 +135,28 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 }
             };
             if let Some(event) = event {
-                let ev: EventIn = serde_json::from_slice(&std::fs::read(&event)?)?;
+                let ev: EventIn = serde_json::from_slice(
+                    &std::fs::read(&event)
+                        .with_context(|| format!("reading {}", event.display()))?,
+                )
+                .with_context(|| format!("{}: not an event envelope", event.display()))?;
                 if !t.has_topic(&ev.topic) {
                     println!("topic {:?} is not in the topology: the bridge sends this event to the DLQ (unknown_topic)", ev.topic);
-                    return Ok(true);
+                    return Ok(false);
                 }
                 let chans = t.resolve_event(&ev.topic, &ev.scopes, ev.tenant.as_deref());
                 print_channels(&format!("event on {}", ev.topic), &chans);
                 if let Some(users) = users {
-                    let users: Vec<UserIn> = serde_json::from_slice(&std::fs::read(&users)?)?;
+                    let users: Vec<UserIn> = serde_json::from_slice(
+                        &std::fs::read(&users)
+                            .with_context(|| format!("reading {}", users.display()))?,
+                    )
+                    .with_context(|| {
+                        format!(
+                            "{}: expected [{{\"sub\", \"products\", \"features\", \"tenant\"}}]",
+                            users.display()
+                        )
+                    })?;
                     for u in users {
                         let ent = Entitlements {
                             tenant: u.tenant,
