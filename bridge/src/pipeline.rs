@@ -1,5 +1,7 @@
-//! The ingest pipeline: Kafka batch → decode/validate → DLQ → resolve channels
-//! → one PostgreSQL transaction → Redis publish → store Kafka offsets.
+//! The ingest pipeline, in two overlapping stages: the reader gathers a Kafka
+//! batch, decodes, validates and resolves it; the writer appends it in one
+//! PostgreSQL transaction, writes rejects to the DLQ, publishes on Redis and
+//! stores the Kafka offsets. Batches pass from one to the other in order.
 //!
 //! Invariant: a Kafka offset is stored only after every record up to it is
 //! durable somewhere: in the cursor log (committed), in the DLQ (acknowledged
@@ -95,26 +97,74 @@ struct Routed {
     ephemeral_channels: Vec<ResolvedChannel>,
 }
 
+/// A batch decoded and resolved, waiting for the writer stage.
+struct Prepared {
+    batch: Vec<OwnedMessage>,
+    rejected: Vec<(usize, Rejection)>,
+    new_events: Vec<NewEvent>,
+    msg_of_event: HashMap<String, usize>,
+    ephemeral_only: Vec<LogEvent>,
+    ephemeral_extra: HashMap<String, Vec<Entry>>,
+    started: Instant,
+}
+
 impl Pipeline {
     /// Runs until `cancel` fires, then commits stored offsets synchronously.
+    ///
+    /// Two stages overlap: the reader gathers, decodes and resolves the next
+    /// batch while the writer commits the previous one (at most two batches
+    /// wait between them). The writer handles batches strictly in order, so
+    /// sequence and offset order are those of a single loop.
     pub async fn run(self, cancel: CancellationToken) {
-        let mut carry: Vec<OwnedMessage> = Vec::new();
-        loop {
-            let batch = self.gather(&mut carry, &cancel).await;
-            if batch.is_empty() {
-                if cancel.is_cancelled() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(2);
+        let reader = async {
+            let mut carry: Vec<OwnedMessage> = Vec::new();
+            loop {
+                let batch = self.gather(&mut carry, &cancel).await;
+                if batch.is_empty() {
+                    if cancel.is_cancelled() {
+                        break;
+                    }
+                    continue;
+                }
+                let Ok(prepared) = self.prepare(batch, &mut carry, &cancel).await else {
+                    break;
+                };
+                // Wait for the writer; while it is stalled on a dependency the
+                // partitions are paused, so polling (to stay in the group)
+                // only drains the bounded prefetch into `carry`.
+                let permit = loop {
+                    tokio::select! {
+                        p = tx.reserve() => break p.ok(),
+                        _ = cancel.cancelled() => break None,
+                        r = self.consumer.recv(), if self.health.stalled.load(Ordering::Relaxed) => {
+                            if let Ok(msg) = r {
+                                carry.push(msg.detach());
+                            }
+                        }
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                };
+                match permit {
+                    Some(p) => p.send(prepared),
+                    None => break,
+                }
+            }
+            drop(tx);
+        };
+        let writer = async {
+            while let Some(prepared) = rx.recv().await {
+                let records = prepared.batch.len();
+                if self.commit(prepared, &cancel).await.is_err() {
+                    tracing::info!(
+                        records,
+                        "shutdown during retry; the batch will be redelivered"
+                    );
                     break;
                 }
-                continue;
             }
-            if self.process(&batch, &mut carry, &cancel).await.is_err() {
-                tracing::info!(
-                    records = batch.len(),
-                    "shutdown during retry; the batch will be redelivered"
-                );
-                break;
-            }
-        }
+        };
+        tokio::join!(reader, writer);
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => tracing::info!("final offset commit done"),
             Err(e) => tracing::info!(error = %e, "final offset commit had nothing to do"),
@@ -162,12 +212,13 @@ impl Pipeline {
         batch
     }
 
-    async fn process(
+    /// Stage one: decode, validate, resolve and look up channel ids.
+    async fn prepare(
         &self,
-        batch: &[OwnedMessage],
+        batch: Vec<OwnedMessage>,
         carry: &mut Vec<OwnedMessage>,
         cancel: &CancellationToken,
-    ) -> Result<(), Cancelled> {
+    ) -> Result<Prepared, Cancelled> {
         let started = Instant::now();
         let topology = self.topology.current();
         let mut rejected: Vec<(usize, Rejection)> = Vec::new();
@@ -220,7 +271,7 @@ impl Pipeline {
         keys.sort();
         keys.dedup();
         let ids = self
-            .retry("resolve channel ids", carry, cancel, || {
+            .retry("resolve channel ids", Some(carry), cancel, || {
                 self.log.channel_ids(&keys)
             })
             .await?;
@@ -288,8 +339,31 @@ impl Pipeline {
             });
         }
 
+        Ok(Prepared {
+            batch,
+            rejected,
+            new_events,
+            msg_of_event,
+            ephemeral_only,
+            ephemeral_extra,
+            started,
+        })
+    }
+
+    /// Stage two: append, DLQ, publish, then store the offsets.
+    async fn commit(&self, p: Prepared, cancel: &CancellationToken) -> Result<(), Cancelled> {
+        let Prepared {
+            batch,
+            mut rejected,
+            new_events,
+            msg_of_event,
+            ephemeral_only,
+            mut ephemeral_extra,
+            started,
+        } = p;
+        let batch = &batch[..];
         let (outcome, poisoned) = self
-            .retry("append to the cursor log", carry, cancel, || {
+            .retry("append to the cursor log", None, cancel, || {
                 append_resilient(&self.log, new_events.clone())
             })
             .await?;
@@ -301,7 +375,7 @@ impl Pipeline {
         // Records that failed validation (or storage) go to the DLQ before any
         // offset covering them is stored.
         if !rejected.is_empty() {
-            self.retry("write to the DLQ", carry, cancel, || {
+            self.retry("write to the DLQ", None, cancel, || {
                 self.send_dlq(batch, &rejected)
             })
             .await?;
@@ -333,12 +407,13 @@ impl Pipeline {
     }
 
     /// Retries `op` with capped backoff until it succeeds, pausing the
-    /// assigned partitions meanwhile and parking anything still fetched in
-    /// `carry` (bounded: fetching stops while paused).
+    /// assigned partitions meanwhile. The reader stage passes its `carry` to
+    /// park anything still fetched (bounded: fetching stops while paused);
+    /// the writer stage passes `None` and the reader keeps polling.
     async fn retry<T, E, F, Fut>(
         &self,
         what: &str,
-        carry: &mut Vec<OwnedMessage>,
+        mut carry: Option<&mut Vec<OwnedMessage>>,
         cancel: &CancellationToken,
         mut op: F,
     ) -> Result<T, Cancelled>
@@ -370,9 +445,9 @@ impl Pipeline {
                         tokio::select! {
                             _ = cancel.cancelled() => return Err(Cancelled),
                             _ = tokio::time::sleep_until(until) => break,
-                            r = self.consumer.recv() => {
-                                if let Ok(msg) = r {
-                                    carry.push(msg.detach());
+                            r = self.consumer.recv(), if carry.is_some() => {
+                                if let (Ok(msg), Some(c)) = (r, carry.as_deref_mut()) {
+                                    c.push(msg.detach());
                                 }
                             }
                         }
