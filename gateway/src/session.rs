@@ -543,8 +543,17 @@ async fn write_loop<W>(
         let left = exp.saturating_sub(now_secs());
         tokio::time::Instant::now() + Duration::from_secs(left)
     };
-    let mut expires_at = expiry_sleep(*expiry.borrow());
+    // The futures are created once, not per wake-up: `drain` is one token
+    // shared by every connection, and registering with it on each loop turn
+    // made all writers contend on its lock.
+    let drain_signal = drain.cancelled();
+    tokio::pin!(drain_signal);
+    let conn_ended = conn_cancel.cancelled();
+    tokio::pin!(conn_ended);
+    let token_expiry = tokio::time::sleep_until(expiry_sleep(*expiry.borrow()));
+    tokio::pin!(token_expiry);
     let mut closing: Option<(u16, &'static str)> = None;
+    let mut expiry_open = true;
     loop {
         tokio::select! {
             n = rx.recv_many(&mut batch, 64) => {
@@ -552,8 +561,8 @@ async fn write_loop<W>(
                     break;
                 }
             }
-            _ = conn_cancel.cancelled() => break,
-            _ = drain.cancelled(), if closing.is_none() => {
+            _ = &mut conn_ended => break,
+            _ = &mut drain_signal, if closing.is_none() => {
                 // Spread reconnects over the drain window so the fleet is not
                 // hit by every client at once.
                 let spread = drain_window.as_millis().max(1) as u64;
@@ -562,7 +571,7 @@ async fn write_loop<W>(
                 batch.push(Outbound::Frame(f));
                 batch.push(Outbound::Close(1001, "server draining"));
             }
-            _ = tokio::time::sleep_until(expires_at), if closing.is_none() => {
+            _ = &mut token_expiry, if closing.is_none() => {
                 let f = protocol::encode_reply(
                     protocol,
                     &Reply::Error { id: None, code: ErrorCode::Unauthorized, message: "token expired" },
@@ -570,9 +579,14 @@ async fn write_loop<W>(
                 batch.push(Outbound::Frame(f));
                 batch.push(Outbound::Close(4001, "token expired"));
             }
-            r = expiry.changed() => {
-                if r.is_ok() {
-                    expires_at = expiry_sleep(*expiry.borrow());
+            r = expiry.changed(), if expiry_open => {
+                match r {
+                    Ok(()) => {
+                        let at = expiry_sleep(*expiry.borrow());
+                        token_expiry.as_mut().reset(at);
+                    }
+                    // The session is gone; nothing will refresh the token.
+                    Err(_) => expiry_open = false,
                 }
             }
             _ = keepalive.tick() => {
