@@ -6,16 +6,10 @@
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use switchyard_testkit::{
-    http_get, news, require_servers, token, Client, PgServer, Stack, StackOptions,
+    http_get, news, ns, require_servers, token, Client, PgServer, Stack, StackOptions,
 };
 
 const T: Duration = Duration::from_secs(30);
-
-fn ns(msgs: &[Value]) -> Vec<u64> {
-    msgs.iter()
-        .map(|m| m["payload"]["n"].as_u64().unwrap())
-        .collect()
-}
 
 async fn eventually<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f: F) {
     let deadline = Instant::now() + timeout;

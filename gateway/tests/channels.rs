@@ -7,20 +7,13 @@
 
 use serde_json::{json, Value};
 use std::time::Duration;
-use switchyard_testkit::{ids, news, now_ms, require_servers, token, Client, Stack, StackOptions};
+use switchyard_testkit::{default_stack, ids, news, now_ms, token, Client};
 
 const T: Duration = Duration::from_secs(20);
 
-async fn stack() -> Stack {
-    require_servers();
-    Stack::start(StackOptions::default())
-        .await
-        .expect("stack starts")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_publish_only_where_the_topology_allows() {
-    let s = stack().await;
+    let s = default_stack().await;
     let mut alice = Client::connect(&s.gateway(0).ws_url(), &token("alice", &["CHLT"], &[], 600))
         .await
         .unwrap();
@@ -73,7 +66,7 @@ async fn users_publish_only_where_the_topology_allows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_targeted_events_wait_for_their_user() {
-    let s = stack().await;
+    let s = default_stack().await;
     let mut other = Client::connect(
         &s.gateway(0).ws_url(),
         &token("someone-else", &[], &[], 600),
@@ -117,7 +110,7 @@ async fn user_targeted_events_wait_for_their_user() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_refresh_gains_and_loses_entitlements() {
-    let s = stack().await;
+    let s = default_stack().await;
     let mut c = Client::connect(&s.gateway(0).ws_url(), &token("r", &["CHLT"], &[], 600))
         .await
         .unwrap();
@@ -169,7 +162,7 @@ async fn token_refresh_gains_and_loses_entitlements() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_swaps_the_topology_without_dropping_connections() {
-    let s = stack().await;
+    let s = default_stack().await;
     let mut c = Client::connect(
         &s.gateway(0).ws_url(),
         &token("h", &["CHLT"], &["Beta"], 600),
@@ -223,7 +216,7 @@ async fn hot_reload_swaps_the_topology_without_dropping_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ephemeral_channels_deliver_live_and_store_nothing() {
-    let s = stack().await;
+    let s = default_stack().await;
     let mut live = Client::connect(&s.gateway(0).ws_url(), &token("p1", &[], &[], 600))
         .await
         .unwrap();

@@ -8,28 +8,17 @@
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::time::Duration;
-use switchyard_testkit::{ids, news, require_servers, token, Client, Stack, StackOptions};
+use switchyard_testkit::{
+    default_stack, ids, news, ns, require_servers, token, Client, Stack, StackOptions,
+};
 
 const T: Duration = Duration::from_secs(20);
-
-async fn stack() -> Stack {
-    require_servers();
-    Stack::start(StackOptions::default())
-        .await
-        .expect("stack starts")
-}
-
-fn ns(msgs: &[Value]) -> Vec<u64> {
-    msgs.iter()
-        .map(|m| m["payload"]["n"].as_u64().expect("payload.n"))
-        .collect()
-}
 
 /// Issue 2, case 1: the seed's example reaches exactly the right users, once
 /// each, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_example_reaches_exactly_the_entitled_users() {
-    let s = stack().await;
+    let s = default_stack().await;
     let mut a = Client::connect(
         &s.gateway(0).ws_url(),
         &token("user-a", &["CHLT", "Sfc"], &[], 600),
@@ -92,7 +81,7 @@ async fn seed_example_reaches_exactly_the_entitled_users() {
 /// cursor gets the lookback window with `recovered: false`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_to_the_other_node_resumes_from_the_cursor() {
-    let s = stack().await;
+    let s = default_stack().await;
     let tok = token("user-r", &["CHLT"], &[], 600);
     let mut c = Client::connect(&s.gateway(0).ws_url(), &tok).await.unwrap();
     c.subscribe("News", None).await.unwrap();
@@ -209,7 +198,7 @@ async fn reconnect(url: &str, tok: &str, cursor: Option<&str>) -> Client {
 /// resume on the other node from their cursors, nothing lost or repeated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_sigkill_loses_nothing() {
-    let mut s = stack().await;
+    let mut s = default_stack().await;
     let tok = token("user-k", &["CHLT"], &[], 600);
     let urls = vec![s.gateway(0).ws_url(), s.gateway(1).ws_url()];
     let mut clients = Vec::new();
@@ -299,7 +288,7 @@ async fn bridge_sigkill_mid_batch_delivers_everything_once() {
 async fn duplicates_are_delivered_once_and_poison_goes_to_the_dlq() {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::{Headers, Message};
-    let s = stack().await;
+    let s = default_stack().await;
     let mut c = Client::connect(
         &s.gateway(0).ws_url(),
         &token("user-d", &["CHLT"], &[], 600),
@@ -424,7 +413,7 @@ async fn redis_restart_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors() {
     use switchyard_testkit::Connect;
-    let s = stack().await;
+    let s = default_stack().await;
     let url = s.gateway(0).ws_url();
     // A bystander keeps receiving throughout.
     let mut by = Client::connect(&url, &token("bystander", &["CHLT"], &[], 600))
@@ -526,7 +515,7 @@ async fn bad_input_gets_clear_errors() {
 /// The long-poll fallback honours cursors like the WebSocket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_follows_the_cursor() {
-    let s = stack().await;
+    let s = default_stack().await;
     let tok = token("poller", &["Sfc"], &[], 600);
     s.produce(&[news("p1", &["Sfc"], 1), news("p2", &["Sfc"], 2)])
         .await
@@ -567,7 +556,7 @@ async fn long_poll_follows_the_cursor() {
 /// SIGTERM drains: clients get `reconnect` and a 1001 close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_with_reconnect_frames() {
-    let mut s = stack().await;
+    let mut s = default_stack().await;
     let mut c = Client::connect(&s.gateway(0).ws_url(), &token("d", &["CHLT"], &[], 600))
         .await
         .unwrap();
@@ -613,7 +602,7 @@ async fn protobuf_subprotocol_round_trip() {
     use switchyard_proto::v1 as pb;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
     use tokio_tungstenite::tungstenite::Message;
-    let s = stack().await;
+    let s = default_stack().await;
     let tok = token("proto-user", &["CHLT"], &[], 600);
     let mut req = format!("{}?access_token={tok}", s.gateway(0).ws_url())
         .into_client_request()
@@ -666,7 +655,7 @@ async fn protobuf_subprotocol_round_trip() {
 /// A token that expires unrefreshed closes the connection with 4001.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_token_closes_with_4001() {
-    let s = stack().await;
+    let s = default_stack().await;
     let mut c = Client::connect(&s.gateway(0).ws_url(), &token("short", &["CHLT"], &[], 2))
         .await
         .unwrap();

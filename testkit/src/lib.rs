@@ -1054,6 +1054,21 @@ pub fn ids(msgs: &[Value]) -> Vec<String> {
         .collect()
 }
 
+/// A stack with the default options (seed topology, two gateways).
+pub async fn default_stack() -> Stack {
+    require_servers();
+    Stack::start(StackOptions::default())
+        .await
+        .expect("stack starts")
+}
+
+/// The `payload.n` of message frames (the tests number their events).
+pub fn ns(msgs: &[Value]) -> Vec<u64> {
+    msgs.iter()
+        .map(|m| m["payload"]["n"].as_u64().expect("payload.n"))
+        .collect()
+}
+
 /// Shared one-time check that the external servers tests need are present.
 pub fn require_servers() {
     static CHECKED: OnceLock<()> = OnceLock::new();
