@@ -90,9 +90,7 @@ pub async fn run(args: NaiveArgs) -> anyhow::Result<()> {
             }
         })
     };
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener = listen(args.listen)?;
     eprintln!("naive broadcaster on ws://{}", args.listen);
     let accept = async {
         loop {
@@ -146,6 +144,15 @@ async fn serve(
             }
         }
     }
+}
+
+/// A listener with a deep accept backlog (connection storms), capped by
+/// `net.core.somaxconn`.
+pub fn listen(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr).with_context(|| format!("binding {addr}"))?;
+    Ok(sock.listen(65_535)?)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -92,7 +92,7 @@ pub struct RunArgs {
     pub connections: Option<usize>,
 
     /// Offered event rates to sweep, events/s [fan-out default:
-    /// 1,2,5,10,20,50; scoped: 20,50,100,200,500].
+    /// 1,2,5,10,20,50,100; scoped: 20,50,100,200,500,1000].
     #[arg(long, value_delimiter = ',')]
     pub rates: Vec<f64>,
 
@@ -252,22 +252,17 @@ impl RunArgs {
             return self.rates.clone();
         }
         match s {
-            ScenarioKind::Scoped => vec![20.0, 50.0, 100.0, 200.0, 500.0],
-            _ => vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0],
+            ScenarioKind::Scoped => vec![20.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
+            _ => vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0],
         }
     }
 
-    /// The systems a scenario runs, and whether they were named explicitly.
-    pub fn systems_for(&self, s: ScenarioKind) -> (Vec<SystemKind>, bool) {
+    /// The systems to run, and whether they were named explicitly.
+    pub fn systems_to_run(&self) -> (Vec<SystemKind>, bool) {
         if !self.systems.is_empty() {
             return (self.systems.clone(), true);
         }
-        let all = SystemKind::ALL.to_vec();
-        let list = match s {
-            ScenarioKind::Scoped => all.into_iter().filter(|k| k.scopes()).collect(),
-            ScenarioKind::Ingest => vec![SystemKind::Switchyard],
-            _ => all,
-        };
-        (list, false)
+        // Systems a scenario does not apply to are listed as not measured.
+        (SystemKind::ALL.to_vec(), false)
     }
 }

@@ -177,7 +177,19 @@ impl Session<'_> {
         let spec = self.spec;
         let tcp = tcp_connect(spec.source_ip, spec.server).await?;
         let url = match spec.protocol {
-            Protocol::RawTcp => return Ok(Conn::Tcp(tcp, BytesMut::with_capacity(4096))),
+            Protocol::RawTcp => {
+                // Wait for the server's empty hello frame: only then has it
+                // accepted (and subscribed) this socket.
+                let mut tcp = tcp;
+                let mut hello = [0u8; 4];
+                tcp.read_exact(&mut hello)
+                    .await
+                    .context("waiting for the hello frame")?;
+                if hello != [0, 0, 0, 0] {
+                    bail!("unexpected first frame from the raw fan-out");
+                }
+                return Ok(Conn::Tcp(tcp, BytesMut::with_capacity(4096)));
+            }
             Protocol::Switchyard => {
                 format!("ws://{}/v1/ws?access_token={}", spec.server, spec.token)
             }

@@ -46,7 +46,8 @@ fn command_for(scenario: ScenarioKind) -> String {
     let mut out = vec!["loadtest/run.sh".to_owned()];
     let mut replaced = false;
     for a in args {
-        if !replaced && !a.starts_with('-') {
+        let is_scenario = ScenarioKind::EACH.iter().any(|s| s.name() == a) || a == "all";
+        if !replaced && is_scenario {
             out.push(scenario.name().to_owned());
             replaced = true;
         } else {

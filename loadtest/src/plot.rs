@@ -203,7 +203,8 @@ fn sweep(r: &RunReport) -> String {
         TOP + ph / 2.0
     );
     // Series.
-    let styles: [(&str, &str, fn(&SystemResult) -> Option<f64>); 3] = [
+    type Series = (&'static str, &'static str, fn(&SystemResult) -> Option<f64>);
+    let styles: [Series; 3] = [
         ("p50", "", |x| x.p50_ms),
         ("p99", "6 4", |x| x.p99_ms),
         ("p99.9", "2 3", |x| x.p999_ms),
@@ -254,11 +255,12 @@ fn sweep(r: &RunReport) -> String {
 fn bars(r: &RunReport, title: &str, unit: &str, get: fn(&SystemResult) -> Option<f64>) -> String {
     let pw = W - LEFT - RIGHT;
     let ph = H - TOP - BOTTOM;
-    let vals: Vec<(&str, Option<f64>)> = r
-        .results
-        .iter()
-        .map(|x| (x.system.as_str(), get(x)))
-        .collect();
+    let shown: Vec<&SystemResult> = r.results.iter().filter(|x| x.error.is_none()).collect();
+    let vals: Vec<(&str, Option<f64>)> =
+        shown.iter().map(|x| (x.system.as_str(), get(x))).collect();
+    // Losses are printed under the bars: a quick "catch-up" that lost
+    // events is no catch-up.
+    let lost: Vec<u64> = shown.iter().map(|x| x.lost).collect();
     let max = vals
         .iter()
         .filter_map(|v| v.1)
@@ -306,6 +308,14 @@ fn bars(r: &RunReport, title: &str, unit: &str, get: fn(&SystemResult) -> Option
             TOP + ph + 16.0,
             esc(name)
         );
+        if let Some(lost) = lost.get(i).copied().filter(|l| *l > 0) {
+            let _ = writeln!(
+                s,
+                r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#b00">lost {lost}</text>"##,
+                x + bw / 2.0,
+                TOP + ph + 32.0
+            );
+        }
         match v {
             Some(v) => {
                 let h = ph * v / max;

@@ -39,7 +39,8 @@ pub fn advice(nofile: u64) -> Vec<String> {
     };
     if nofile < 50_000 {
         out.push(format!(
-            "open files limit {nofile}: run through loadtest/run.sh (ulimit -n 200000), or raise the hard limit"
+            "open files limit {nofile} (loadtest/run.sh raises it to the hard limit): enough for about {} connections; raise the hard limit (prlimit, limits.conf, LimitNOFILE=) for more",
+            nofile.saturating_sub(1000)
         ));
     }
     if num("net/core/somaxconn").is_some_and(|v| v < 4096) {

@@ -85,6 +85,16 @@ pub struct Produced {
     pub max_behind_us: u64,
 }
 
+impl Produced {
+    /// Events/s handed to Kafka. An open-loop step of `count` events at
+    /// `offered`/s spans `count / offered` seconds, its last event is sent
+    /// one interval before that ends.
+    pub fn rate(&self, offered: f64) -> f64 {
+        let tail = if offered > 0.0 { 1.0 / offered } else { 0.0 };
+        self.sent as f64 / (self.elapsed.as_secs_f64() + tail).max(1e-6)
+    }
+}
+
 /// Live progress of a running step (read by the reconnect storm).
 #[derive(Debug, Default)]
 pub struct Progress {

@@ -5,17 +5,16 @@
 //! carries as many frames as are waiting: what the machine can push.
 //!
 //! Invariant: a frame is built once (`Bytes`) and shared by all sockets; a
-//! socket subscribes before it is served, as in [`crate::broadcaster`].
+//! socket subscribes before it is served, as in [`crate::broadcaster`], and
+//! its first frame is an empty one that tells the client it was accepted.
 
 use crate::broadcaster::{shutdown_signal, KafkaSource};
-use anyhow::Context as _;
 use bytes::{BufMut as _, Bytes, BytesMut};
 use rdkafka::Message as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -56,9 +55,7 @@ pub async fn run(args: RawArgs) -> anyhow::Result<()> {
             }
         })
     };
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener = crate::broadcaster::listen(args.listen)?;
     eprintln!("raw fan-out on tcp://{}", args.listen);
     let accept = async {
         loop {
@@ -91,6 +88,11 @@ async fn serve(
     lagged: &AtomicU64,
 ) {
     let (mut rd, mut wr) = stream.into_split();
+    // An empty frame says "accepted and subscribed": a TCP connect alone
+    // completes in the kernel, before the server has accepted anything.
+    if wr.write_all(&[0, 0, 0, 0]).await.is_err() {
+        return;
+    }
     let mut batch = BytesMut::new();
     let mut sink = [0u8; 64];
     loop {

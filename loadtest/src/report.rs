@@ -183,8 +183,41 @@ fn kfmt(v: f64) -> String {
     }
 }
 
-/// The headline table of a report (one row per system).
+/// The headline table of a report (one row per measured system), then the
+/// systems not measured and why.
 pub fn summary_table(r: &RunReport) -> String {
+    let measured = RunReport {
+        results: r
+            .results
+            .iter()
+            .filter(|x| x.error.is_none())
+            .cloned()
+            .collect(),
+        ..r.clone()
+    };
+    let mut s = rows(&measured);
+    let skipped: Vec<String> = r
+        .results
+        .iter()
+        .filter_map(|x| {
+            let e = x.error.as_ref()?;
+            Some(format!(
+                "{} ({})",
+                x.system,
+                e.lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches("not measured: ")
+            ))
+        })
+        .collect();
+    if !skipped.is_empty() {
+        let _ = writeln!(s, "\nNot measured: {}.", skipped.join("; "));
+    }
+    s
+}
+
+fn rows(r: &RunReport) -> String {
     let mut s = String::new();
     match r.scenario.as_str() {
         "ingest" => {
@@ -416,15 +449,6 @@ pub fn figures_section(reports: &[RunReport]) -> String {
             for p in &r.problems {
                 let _ = writeln!(s, "- {}", p.replace('\n', " "));
             }
-        }
-        let missing: Vec<&str> = r
-            .results
-            .iter()
-            .filter(|x| x.error.is_some())
-            .map(|x| x.system.as_str())
-            .collect();
-        if !missing.is_empty() {
-            let _ = writeln!(s, "\nNot measured (error): {}.", missing.join(", "));
         }
         let _ = writeln!(
             s,

@@ -96,9 +96,20 @@ impl Ctx {
             (None, None)
         };
         let producer = Arc::new(KafkaProducer::new(&broker.addr, args.linger_ms)?);
+        // The peer binaries sit beside this one (or one level up, when this
+        // is an integration test in target/<profile>/deps).
         let exe_dir = std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+            .map(|d| match d.parent() {
+                Some(up)
+                    if !d.join("naive-broadcaster").exists()
+                        && up.join("naive-broadcaster").exists() =>
+                {
+                    up.to_path_buf()
+                }
+                _ => d,
+            })
             .unwrap_or_else(|| workspace_root().join("target/release"));
         let sys_opts = SystemOptions {
             switchyard_bin_dir: args
@@ -192,6 +203,13 @@ struct Meter {
     jiffies: (u64, u64),
     peak: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        // Stops the RSS sampler also when a step fails half-way.
+        self.stop.store(true, Relaxed);
+    }
 }
 
 struct Usage {
@@ -462,7 +480,7 @@ pub async fn run(
     scenario: ScenarioKind,
     command: String,
 ) -> anyhow::Result<RunReport> {
-    let (systems, explicit) = args.systems_for(scenario);
+    let (systems, explicit) = args.systems_to_run();
     let mut report = RunReport {
         scenario: scenario.name().into(),
         generated_at: now_rfc3339(),
@@ -751,7 +769,7 @@ async fn sweep(ctx: &Ctx, kind: SystemKind, scoped: bool) -> anyhow::Result<Syst
         st.connected = live;
         st.offered_rate = rate;
         st.events = produced.sent;
-        st.events_per_s = produced.sent as f64 / produced.elapsed.as_secs_f64().max(1e-6);
+        st.events_per_s = produced.rate(rate);
         st.deliveries = sample.deliveries;
         st.expected_deliveries = expected;
         let span_us = sample.last_us.saturating_sub(t0).max(1);
@@ -788,6 +806,28 @@ async fn sweep(ctx: &Ctx, kind: SystemKind, scoped: bool) -> anyhow::Result<Syst
                 st.disconnects,
                 fleet.sample_errors(2).join(" | ")
             ));
+        }
+        if tally.lost > 0 {
+            st.notes
+                .push(format!("{} connections lost events", tally.conns_with_loss));
+            if std::env::var_os("LOADTEST_DEBUG").is_some() {
+                for (i, c) in fleet
+                    .conns
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| c.next_of(0) < next_n[0])
+                    .take(10)
+                {
+                    eprintln!(
+                        "    conn {i}: next {} received {} probe {} live {} err {:?}",
+                        c.next_of(0),
+                        c.received.load(Relaxed),
+                        c.probe.load(Relaxed),
+                        c.live.load(Relaxed),
+                        c.last_error.lock().ok().and_then(|e| e.clone())
+                    );
+                }
+            }
         }
         let mut limit = Vec::new();
         if st.p99_ms.unwrap_or(f64::MAX) > a.max_p99_ms {
@@ -979,7 +1019,7 @@ async fn storm(ctx: &Ctx, kind: SystemKind) -> anyhow::Result<SystemResult> {
             .push(format!("only {reconnected} of {live} clients reconnected"));
     }
     r.events = produced.sent;
-    r.events_per_s = produced.sent as f64 / produced.elapsed.as_secs_f64().max(1e-6);
+    r.events_per_s = produced.rate(a.storm_rate);
     r.deliveries = sample.deliveries;
     r.expected_deliveries = produced_total * live as u64;
     r.duration_s = t_start.elapsed().as_secs_f64();
@@ -1214,7 +1254,10 @@ async fn ingest(ctx: &Ctx, kind: SystemKind) -> anyhow::Result<SystemResult> {
     let t_start = Instant::now();
     let mut sys =
         systems::start(kind, ctx.infra(), &ctx.sys_opts, &topic, Parts::BridgeOnly).await?;
-    let meter = Meter::begin(ctx, &sys).await;
+    let mut meter = Meter::begin(ctx, &sys).await;
+    // The bridge may have drained part of the backlog before it reported
+    // ready: charge it all the CPU it used since it started.
+    meter.server.clear();
     let deadline = t_start + secs(a.ingest_timeout_seconds);
     let mut samples: Vec<(Instant, u64)> = Vec::new();
     let mut count_error = None;

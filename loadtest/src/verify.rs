@@ -120,6 +120,8 @@ pub struct Tally {
     pub unentitled: u64,
     pub connect_failures: u64,
     pub disconnects: u64,
+    /// Connections that lost at least one event.
+    pub conns_with_loss: u64,
 }
 
 impl Tally {
@@ -133,11 +135,13 @@ impl Tally {
             t.unentitled += c.unentitled.load(Relaxed);
             t.connect_failures += c.connect_failures.load(Relaxed);
             t.disconnects += c.disconnects.load(Relaxed);
-            t.lost += c.gaps.load(Relaxed);
+            let mut lost = c.gaps.load(Relaxed);
             for (slot, s) in c.streams.iter().enumerate() {
                 let want = produced.get(*s as usize).copied().unwrap_or(0);
-                t.lost += want.saturating_sub(c.next[slot].load(Relaxed));
+                lost += want.saturating_sub(c.next[slot].load(Relaxed));
             }
+            t.lost += lost;
+            t.conns_with_loss += u64::from(lost > 0);
         }
         t
     }
@@ -153,6 +157,7 @@ impl Tally {
                 .connect_failures
                 .saturating_sub(before.connect_failures),
             disconnects: self.disconnects.saturating_sub(before.disconnects),
+            conns_with_loss: self.conns_with_loss.saturating_sub(before.conns_with_loss),
         }
     }
 }
@@ -172,7 +177,7 @@ mod tests {
         assert_eq!(c.observe(4, 0), Verdict::InOrder);
         assert_eq!(c.observe(2, 0), Verdict::Unentitled);
         // produced: stream 1 had 6 events (5 missing at the tail), stream 4 had 1.
-        let t = Tally::collect(&[c.clone()], &[0, 6, 9, 0, 1]);
+        let t = Tally::collect(std::slice::from_ref(&c), &[0, 6, 9, 0, 1]);
         assert_eq!(t.lost, 2 + 1);
         assert_eq!(t.duplicated, 1);
         assert_eq!(t.unentitled, 1);
