@@ -191,7 +191,9 @@ async fn retention_removes_events_with_their_entries() {
 #[ignore]
 async fn append_throughput() {
     let db = Database::create().await.unwrap();
-    let log = CursorLog::connect(&db.url, PoolOptions::default()).await.unwrap();
+    let log = CursorLog::connect(&db.url, PoolOptions::default())
+        .await
+        .unwrap();
     let keys: Vec<String> = (0..20).map(|i| format!("H/News-P{i}")).collect();
     let ids = log.channel_ids(&keys).await.unwrap();
     for batch in [500usize, 2000, 5000] {
@@ -202,13 +204,21 @@ async fn append_throughput() {
             let events: Vec<NewEvent> = (0..batch)
                 .map(|i| {
                     let k = n + i;
-                    event(&format!("t{batch}-{k}"), vec![ids[k % 20], ids[(k + 7) % 20]], 3600)
+                    event(
+                        &format!("t{batch}-{k}"),
+                        vec![ids[k % 20], ids[(k + 7) % 20]],
+                        3600,
+                    )
                 })
                 .collect();
             log.append_batch(&events).await.unwrap();
             n += batch;
         }
         let secs = started.elapsed().as_secs_f64();
-        println!("batch {batch}: {:.0} events/s ({:.1} ms per batch)", total as f64 / secs, secs * 1000.0 / (total / batch) as f64);
+        println!(
+            "batch {batch}: {:.0} events/s ({:.1} ms per batch)",
+            total as f64 / secs,
+            secs * 1000.0 / (total / batch) as f64
+        );
     }
 }

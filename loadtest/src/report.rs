@@ -474,11 +474,14 @@ pub fn update_readme(readme: &Path, reports: &[RunReport]) -> anyhow::Result<()>
     std::fs::write(readme, out).with_context(|| format!("writing {}", readme.display()))
 }
 
-/// Rebuilds Markdown, SVG and README figures from the JSON in `out_dir`.
+/// Rebuilds Markdown, SVG and README figures from the JSON in `out_dir`
+/// (the JSON itself is left exactly as measured).
 pub fn regenerate(out_dir: &Path, readme: Option<&Path>) -> anyhow::Result<()> {
     let reports = read_all(out_dir);
     for r in &reports {
-        write_run(out_dir, r)?;
+        let base = out_dir.join(&r.scenario);
+        std::fs::write(base.with_extension("md"), markdown(r))?;
+        std::fs::write(base.with_extension("svg"), crate::plot::svg(r))?;
     }
     if let Some(readme) = readme {
         update_readme(readme, &reports)?;

@@ -310,16 +310,24 @@ impl Meter {
     }
 }
 
+/// Rounds to 3 decimals (CPU seconds from clock ticks, percentages).
+fn r3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
 impl Usage {
-    fn apply(self, r: &mut SystemResult) {
-        r.server_cpu_s = self.server_cpu_s;
-        r.server_cpu_pct = self.server_cpu_pct;
+    fn apply(mut self, r: &mut SystemResult) {
+        for p in self.processes.iter_mut().chain(self.infra.iter_mut()) {
+            p.cpu_s = r3(p.cpu_s);
+        }
+        r.server_cpu_s = r3(self.server_cpu_s);
+        r.server_cpu_pct = r3(self.server_cpu_pct);
         r.server_rss_bytes = self.server_rss;
         r.server_rss_peak_bytes = self.server_rss_peak;
         r.processes = self.processes;
         r.infra = self.infra;
-        r.generator_cpu_s = self.generator_cpu_s;
-        r.machine_busy_pct = self.busy_pct;
+        r.generator_cpu_s = r3(self.generator_cpu_s);
+        r.machine_busy_pct = r3(self.busy_pct);
     }
 }
 
