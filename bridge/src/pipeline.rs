@@ -1,7 +1,8 @@
-//! The ingest pipeline, in two overlapping stages: the reader gathers a Kafka
-//! batch, decodes, validates and resolves it; the writer appends it in one
-//! PostgreSQL transaction, writes rejects to the DLQ, publishes on Redis and
-//! stores the Kafka offsets. Batches pass from one to the other in order.
+//! The ingest pipeline, in three overlapping stages: the reader gathers a
+//! Kafka batch, decodes, validates and resolves it; the writer appends it in
+//! one PostgreSQL transaction, writes rejects to the DLQ and stores the Kafka
+//! offsets; the publisher puts the committed events on Redis. Batches pass
+//! from one stage to the next in order.
 //!
 //! Invariant: a Kafka offset is stored only after every record up to it is
 //! durable somewhere: in the cursor log (committed), in the DLQ (acknowledged
@@ -111,10 +112,11 @@ struct Prepared {
 impl Pipeline {
     /// Runs until `cancel` fires, then commits stored offsets synchronously.
     ///
-    /// Two stages overlap: the reader gathers, decodes and resolves the next
-    /// batch while the writer commits the previous one (at most two batches
-    /// wait between them). The writer handles batches strictly in order, so
-    /// sequence and offset order are those of a single loop.
+    /// The stages overlap: the reader gathers, decodes and resolves the next
+    /// batch while the writer commits the previous one and the publisher
+    /// puts the one before on Redis (at most two batches wait between two
+    /// stages). Each stage handles batches strictly in order, so sequence,
+    /// offset and publish order are those of a single loop.
     pub async fn run(self, cancel: CancellationToken) {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(2);
         let reader = async {
@@ -152,19 +154,35 @@ impl Pipeline {
             }
             drop(tx);
         };
+        // Publishing is the third stage: the next batch's transaction need
+        // not wait for Redis. Batches are published in commit order.
+        let (pub_tx, mut pub_rx) = tokio::sync::mpsc::channel::<Vec<LogEvent>>(2);
         let writer = async {
             while let Some(prepared) = rx.recv().await {
                 let records = prepared.batch.len();
-                if self.commit(prepared, &cancel).await.is_err() {
-                    tracing::info!(
-                        records,
-                        "shutdown during retry; the batch will be redelivered"
-                    );
-                    break;
+                match self.commit(prepared, &cancel).await {
+                    Ok(live) => {
+                        if pub_tx.send(live).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(Cancelled) => {
+                        tracing::info!(
+                            records,
+                            "shutdown during retry; the batch will be redelivered"
+                        );
+                        break;
+                    }
                 }
             }
+            drop(pub_tx);
         };
-        tokio::join!(reader, writer);
+        let publisher = async {
+            while let Some(live) = pub_rx.recv().await {
+                self.publisher.publish(&live).await;
+            }
+        };
+        tokio::join!(reader, writer, publisher);
         match self.consumer.commit_consumer_state(CommitMode::Sync) {
             Ok(()) => tracing::info!("final offset commit done"),
             Err(e) => tracing::info!(error = %e, "final offset commit had nothing to do"),
@@ -350,8 +368,14 @@ impl Pipeline {
         })
     }
 
-    /// Stage two: append, DLQ, publish, then store the offsets.
-    async fn commit(&self, p: Prepared, cancel: &CancellationToken) -> Result<(), Cancelled> {
+    /// Stage two: append, DLQ, then store the offsets. Returns what to
+    /// publish on Redis (committed events and ephemeral ones): the live feed
+    /// is an accelerator, so offsets need not wait for it.
+    async fn commit(
+        &self,
+        p: Prepared,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<LogEvent>, Cancelled> {
         let Prepared {
             batch,
             mut rejected,
@@ -364,7 +388,7 @@ impl Pipeline {
         let batch = &batch[..];
         let (outcome, poisoned) = self
             .retry("append to the cursor log", None, cancel, || {
-                append_resilient(&self.log, new_events.clone())
+                append_resilient(&self.log, &new_events)
             })
             .await?;
         for (event_id, why) in poisoned {
@@ -393,7 +417,6 @@ impl Pipeline {
         }
         metrics::counter!(m::DUPLICATE).increment(outcome.duplicates.len() as u64);
         live.extend(ephemeral_only);
-        self.publisher.publish(&live).await;
         self.store_offsets(batch);
         metrics::histogram!(m::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::histogram!(m::BATCH_SIZE).record(batch.len() as f64);
@@ -403,7 +426,7 @@ impl Pipeline {
             dlq = rejected.len(),
             "batch done"
         );
-        Ok(())
+        Ok(live)
     }
 
     /// Retries `op` with capped backoff until it succeeds, pausing the
@@ -582,9 +605,9 @@ type AppendFuture<'a> = std::pin::Pin<
 /// Appends `events`; when PostgreSQL rejects the batch for a reason retrying
 /// cannot fix, splits it to isolate the offending events (returned as
 /// poisoned, for the DLQ) and appends the rest in order.
-fn append_resilient(log: &CursorLog, events: Vec<NewEvent>) -> AppendFuture<'_> {
+fn append_resilient<'a>(log: &'a CursorLog, events: &'a [NewEvent]) -> AppendFuture<'a> {
     Box::pin(async move {
-        match log.append_batch(&events).await {
+        match log.append_batch(events).await {
             Ok(o) => Ok((o, Vec::new())),
             Err(e) if e.is_transient() => Err(e),
             Err(e) if events.len() == 1 => {
@@ -595,8 +618,7 @@ fn append_resilient(log: &CursorLog, events: Vec<NewEvent>) -> AppendFuture<'_> 
                 ))
             }
             Err(_) => {
-                let mut first = events;
-                let second = first.split_off(first.len() / 2);
+                let (first, second) = events.split_at(events.len() / 2);
                 let (mut a, mut pa) = append_resilient(log, first).await?;
                 let (b, pb) = append_resilient(log, second).await?;
                 a.appended.extend(b.appended);
