@@ -221,4 +221,41 @@ async fn append_throughput() {
             secs * 1000.0 / (total / batch) as f64
         );
     }
+    // Concurrent writers on disjoint channels (what one writer per Kafka
+    // partition would do), batches of 2000, one channel per event.
+    for writers in [1usize, 2, 3] {
+        let per_writer = 60_000 / writers;
+        let started = std::time::Instant::now();
+        let tasks: Vec<_> = (0..writers)
+            .map(|w| {
+                let log = log.clone();
+                let mine: Vec<i64> = ids.iter().copied().skip(w).step_by(writers).collect();
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    while n < per_writer {
+                        let events: Vec<NewEvent> = (0..2000)
+                            .map(|i| {
+                                let k = n + i;
+                                event(
+                                    &format!("w{writers}-{w}-{k}"),
+                                    vec![mine[k % mine.len()]],
+                                    3600,
+                                )
+                            })
+                            .collect();
+                        log.append_batch(&events).await.unwrap();
+                        n += 2000;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "{writers} concurrent writer(s), one channel per event: {:.0} events/s",
+            (per_writer * writers) as f64 / secs
+        );
+    }
 }
