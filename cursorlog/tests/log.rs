@@ -199,21 +199,10 @@ async fn append_throughput() {
     for batch in [500usize, 2000, 5000] {
         let total = 50_000;
         let started = std::time::Instant::now();
-        let mut n = 0;
-        while n < total {
-            let events: Vec<NewEvent> = (0..batch)
-                .map(|i| {
-                    let k = n + i;
-                    event(
-                        &format!("t{batch}-{k}"),
-                        vec![ids[k % 20], ids[(k + 7) % 20]],
-                        3600,
-                    )
-                })
-                .collect();
-            log.append_batch(&events).await.unwrap();
-            n += batch;
-        }
+        append_all(&log, &format!("t{batch}"), total, batch, |k| {
+            vec![ids[k % 20], ids[(k + 7) % 20]]
+        })
+        .await;
         let secs = started.elapsed().as_secs_f64();
         println!(
             "batch {batch}: {:.0} events/s ({:.1} ms per batch)",
@@ -231,21 +220,8 @@ async fn append_throughput() {
                 let log = log.clone();
                 let mine: Vec<i64> = ids.iter().copied().skip(w).step_by(writers).collect();
                 tokio::spawn(async move {
-                    let mut n = 0;
-                    while n < per_writer {
-                        let events: Vec<NewEvent> = (0..2000)
-                            .map(|i| {
-                                let k = n + i;
-                                event(
-                                    &format!("w{writers}-{w}-{k}"),
-                                    vec![mine[k % mine.len()]],
-                                    3600,
-                                )
-                            })
-                            .collect();
-                        log.append_batch(&events).await.unwrap();
-                        n += 2000;
-                    }
+                    let tag = format!("w{writers}-{w}");
+                    append_all(&log, &tag, per_writer, 2000, |k| vec![mine[k % mine.len()]]).await;
                 })
             })
             .collect();
@@ -257,5 +233,24 @@ async fn append_throughput() {
             "{writers} concurrent writer(s), one channel per event: {:.0} events/s",
             (per_writer * writers) as f64 / secs
         );
+    }
+}
+
+/// Appends `total` events named `<tag>-<k>` in batches of `batch`, event `k`
+/// in the channels `channels(k)`.
+async fn append_all(
+    log: &CursorLog,
+    tag: &str,
+    total: usize,
+    batch: usize,
+    channels: impl Fn(usize) -> Vec<i64>,
+) {
+    let mut n = 0;
+    while n < total {
+        let events: Vec<NewEvent> = (n..n + batch)
+            .map(|k| event(&format!("{tag}-{k}"), channels(k), 3600))
+            .collect();
+        log.append_batch(&events).await.unwrap();
+        n += batch;
     }
 }

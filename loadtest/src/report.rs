@@ -402,6 +402,12 @@ pub fn write_run(out_dir: &Path, r: &RunReport) -> anyhow::Result<()> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let base = out_dir.join(&r.scenario);
     std::fs::write(base.with_extension("json"), serde_json::to_vec_pretty(r)?)?;
+    write_views(out_dir, r)
+}
+
+/// Writes the Markdown table and the SVG plot of a run.
+fn write_views(out_dir: &Path, r: &RunReport) -> anyhow::Result<()> {
+    let base = out_dir.join(&r.scenario);
     std::fs::write(base.with_extension("md"), markdown(r))?;
     std::fs::write(base.with_extension("svg"), crate::plot::svg(r))?;
     Ok(())
@@ -479,9 +485,7 @@ pub fn update_readme(readme: &Path, reports: &[RunReport]) -> anyhow::Result<()>
 pub fn regenerate(out_dir: &Path, readme: Option<&Path>) -> anyhow::Result<()> {
     let reports = read_all(out_dir);
     for r in &reports {
-        let base = out_dir.join(&r.scenario);
-        std::fs::write(base.with_extension("md"), markdown(r))?;
-        std::fs::write(base.with_extension("svg"), crate::plot::svg(r))?;
+        write_views(out_dir, r)?;
     }
     if let Some(readme) = readme {
         update_readme(readme, &reports)?;
