@@ -114,8 +114,18 @@ impl TopologyHandle {
         path: PathBuf,
         cancel: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.watcher(path, cancel))
+    }
+
+    /// The watcher as a future, for callers that own their tasks (spawn it
+    /// on a tracker); it ends when `cancel` fires.
+    pub fn watcher(
+        &self,
+        path: PathBuf,
+        cancel: CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let handle = self.clone();
-        tokio::spawn(async move { handle.watch(path, cancel).await })
+        async move { handle.watch(path, cancel).await }
     }
 
     async fn watch(self, path: PathBuf, cancel: CancellationToken) {

@@ -9,50 +9,56 @@
 //! log's head, then asks to go live; the shard accepts only when the positions
 //! equal what it has delivered live, otherwise the task reads again.
 //!
-//! Invariant: the positions in [`Progress`] change only together with the
-//! enqueueing of the frame that covers them, under one lock, so whoever stops
-//! the task reads positions that match exactly what the client was sent.
+//! Invariants:
+//! - A read permit (`SWITCHYARD_CATCHUP_CONCURRENCY`) covers the read of one
+//!   page and nothing else: delivery waits for room in the client's queue
+//!   with no permit held, so clients that stop reading cannot hold up anyone
+//!   else's catch-up.
+//! - A client whose queue has no room for `stall_timeout` is closed.
+//! - The positions in [`Progress`] change only together with the queueing
+//!   of the frame that covers them (see [`crate::subscription`]).
 
-use crate::fanout::{Command, GoLive, Shared, SubSpec};
+use crate::golive::{GoLive, GoLiveHandle};
 use crate::metrics as m;
+use crate::outbound::Outbound;
 use crate::protocol;
 use crate::replay::{plan_page, Action};
-use crate::session::Outbound;
+use crate::subscription::{set_position, Progress, SubSpec};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use switchyard_cursorlog::CursorLog;
+use switchyard_ops::backoff::Backoff;
+use tokio::sync::Semaphore;
 
-/// A subscription's replay positions, shared with its shard.
+/// What every catch-up of the node shares.
 #[derive(Debug)]
-pub struct Progress {
-    positions: Mutex<Vec<(i64, i64)>>,
-}
-
-impl Progress {
-    pub fn new(positions: Vec<(i64, i64)>) -> Self {
-        Progress {
-            positions: Mutex::new(positions),
-        }
-    }
-
-    pub async fn snapshot(&self) -> Vec<(i64, i64)> {
-        self.positions.lock().await.clone()
-    }
+pub struct CatchupContext {
+    pub log: CursorLog,
+    pub epoch: Arc<str>,
+    /// Bounds concurrent page reads against PostgreSQL.
+    pub read_permits: Semaphore,
+    pub replay_page: i64,
+    /// How long a client's full queue may block delivery before the
+    /// connection is closed.
+    pub stall_timeout: Duration,
 }
 
 /// One catch-up to run.
 #[derive(Debug)]
-pub(crate) struct CatchupJob {
+pub struct CatchupJob {
     pub spec: SubSpec,
     pub progress: Arc<Progress>,
 }
 
+/// Attempts at going live while Redis lags before forcing a node backfill.
+const AHEAD_TRIES: u32 = 20;
+
 /// Runs a catch-up to completion (live), cancellation, or the connection's end.
-pub(crate) async fn run(shared: Arc<Shared>, shard: mpsc::Sender<Command>, job: CatchupJob) {
+pub async fn run(ctx: Arc<CatchupContext>, golive: GoLiveHandle, job: CatchupJob) {
     let started = Instant::now();
     let spec = &job.spec;
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     let mut replayed = 0u64;
     let mut ahead_tries = 0u32;
     let mut read = true;
@@ -61,35 +67,35 @@ pub(crate) async fn run(shared: Arc<Shared>, shard: mpsc::Sender<Command>, job: 
             return;
         }
         if read {
-            let permit = tokio::select! {
-                _ = spec.cancel.cancelled() => return,
-                p = shared.catchup_permits.acquire() => match p { Ok(p) => p, Err(_) => return },
-            };
             // Read until the head.
             loop {
                 let positions = job.progress.snapshot().await;
-                let page = match shared
-                    .log
-                    .read_after(&positions, None, shared.replay_page)
-                    .await
-                {
+                let page = {
+                    let _permit = tokio::select! {
+                        _ = spec.cancel.cancelled() => return,
+                        p = ctx.read_permits.acquire() => match p { Ok(p) => p, Err(_) => return },
+                    };
+                    ctx.log.read_after(&positions, None, ctx.replay_page).await
+                };
+                let page = match page {
                     Ok(p) => p,
                     Err(e) => {
-                        tracing::debug!(error = %e, topic = %spec.topic, "replay read failed; retrying");
+                        let delay = backoff.next_delay();
+                        metrics::counter!(m::RETRIES, "op" => "catchup_read").increment(1);
+                        tracing::debug!(error = %e, topic = %spec.topic, retry_in_ms = delay.as_millis() as u64, "replay read failed; retrying");
                         tokio::select! {
                             _ = spec.cancel.cancelled() => return,
-                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tokio::time::sleep(delay) => {}
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
                         continue;
                     }
                 };
-                backoff = Duration::from_millis(50);
+                backoff.reset();
                 let mut pos: HashMap<i64, i64> = positions.iter().copied().collect();
                 let actions = plan_page(&page.rows, &mut pos);
                 let progressed = !actions.is_empty();
                 for action in actions {
-                    match deliver(&shared, spec, &job.progress, action).await {
+                    match deliver(&ctx, spec, &job.progress, action).await {
                         Flow::Sent => replayed += 1,
                         Flow::Skipped => {}
                         Flow::Stop => return,
@@ -99,25 +105,11 @@ pub(crate) async fn run(shared: Arc<Shared>, shard: mpsc::Sender<Command>, job: 
                     break;
                 }
             }
-            drop(permit);
         }
-        let (tx, rx) = oneshot::channel();
         let positions = job.progress.snapshot().await;
         let force = ahead_tries >= AHEAD_TRIES;
-        if shard
-            .send(Command::GoLive {
-                id: spec.id,
-                positions,
-                force,
-                reply: tx,
-            })
-            .await
-            .is_err()
-        {
-            return;
-        }
-        match rx.await {
-            Ok(GoLive::Live) => {
+        match golive.ask(spec.id, positions, force).await {
+            GoLive::Live => {
                 if replayed > 0 {
                     metrics::counter!(m::DELIVERED, "topic" => spec.topic.clone(), "mode" => "replay")
                         .increment(replayed);
@@ -125,12 +117,12 @@ pub(crate) async fn run(shared: Arc<Shared>, shard: mpsc::Sender<Command>, job: 
                 metrics::histogram!(m::CATCHUP_SECONDS).record(started.elapsed().as_secs_f64());
                 return;
             }
-            Ok(GoLive::NotYet) => {
+            GoLive::NotYet => {
                 read = true;
                 ahead_tries = 0;
                 tokio::task::yield_now().await;
             }
-            Ok(GoLive::Ahead) => {
+            GoLive::Ahead => {
                 // Redis is behind what we read from PostgreSQL; give it a
                 // moment before making the node backfill.
                 read = false;
@@ -140,13 +132,10 @@ pub(crate) async fn run(shared: Arc<Shared>, shard: mpsc::Sender<Command>, job: 
                     _ = tokio::time::sleep(Duration::from_millis(10)) => {}
                 }
             }
-            Ok(GoLive::Gone) | Err(_) => return,
+            GoLive::Gone => return,
         }
     }
 }
-
-/// Attempts at going live while Redis lags before forcing a node backfill.
-const AHEAD_TRIES: u32 = 20;
 
 enum Flow {
     Sent,
@@ -154,18 +143,21 @@ enum Flow {
     Stop,
 }
 
-/// Applies one planned action to the subscription's progress, sending the
+/// Applies one planned action to the subscription's progress, queueing the
 /// message when the subscriber should see it.
-async fn deliver(shared: &Shared, spec: &SubSpec, progress: &Progress, action: Action) -> Flow {
-    let mut guard = progress.positions.lock().await;
+async fn deliver(
+    ctx: &CatchupContext,
+    spec: &SubSpec,
+    progress: &Progress,
+    action: Action,
+) -> Flow {
+    let mut guard = progress.lock().await;
     if spec.cancel.is_cancelled() {
         return Flow::Stop;
     }
     let (event, fresh, earlier) = match action {
         Action::Jump { channel, to } => {
-            if let Some(p) = guard.iter_mut().find(|p| p.0 == channel) {
-                p.1 = to;
-            }
+            set_position(&mut guard, channel, to);
             return Flow::Skipped;
         }
         Action::Event {
@@ -176,27 +168,34 @@ async fn deliver(shared: &Shared, spec: &SubSpec, progress: &Progress, action: A
     };
     let before = guard.clone();
     for (ch, seq) in &fresh {
-        if let Some(p) = guard.iter_mut().find(|p| p.0 == *ch) {
-            p.1 = *seq;
-        }
+        set_position(&mut guard, *ch, *seq);
     }
     let for_other_user = event.user_id.as_deref().is_some_and(|u| u != &*spec.user);
     if earlier || for_other_user {
         return Flow::Skipped;
     }
-    let cursor = switchyard_cursorlog::cursor::encode_parts(&shared.epoch, guard.iter().copied());
+    let cursor = switchyard_cursorlog::cursor::encode_parts(&ctx.epoch, guard.iter().copied());
     let frame = protocol::encode_message(spec.protocol, &event, &cursor);
     // Never hold the lock on a blocked client past cancellation: the shard
-    // reads these positions when it removes the subscription.
+    // reads these positions when it removes the subscription. No read permit
+    // is held here.
     tokio::select! {
-        r = spec.tx.send(Outbound::Frame(frame)) => {
-            if r.is_err() {
+        r = tokio::time::timeout(ctx.stall_timeout, spec.tx.send(Outbound::Frame(frame))) => match r {
+            Ok(Ok(())) => Flow::Sent,
+            Ok(Err(_)) => {
                 *guard = before;
                 spec.cancel.cancel();
-                return Flow::Stop;
+                Flow::Stop
             }
-            Flow::Sent
-        }
+            Err(_) => {
+                *guard = before;
+                metrics::counter!(m::STALLED_CLOSES, "where" => "queue").increment(1);
+                tracing::info!(topic = %spec.topic, stall_ms = ctx.stall_timeout.as_millis() as u64, "client did not drain its queue; closing the connection");
+                spec.cancel.cancel();
+                spec.connection.cancel();
+                Flow::Stop
+            }
+        },
         _ = spec.cancel.cancelled() => {
             *guard = before;
             Flow::Stop

@@ -40,6 +40,20 @@ pub struct GatewayConfig {
     pub catchup_concurrency: usize,
     /// Largest payload a client may publish.
     pub max_publish_bytes: usize,
+    /// Bytes of outbound frames queued per connection (with
+    /// `outbound_queue` frames, whichever is reached first).
+    pub outbound_bytes: usize,
+    /// How long a client may leave its queue full (catch-up) or its socket
+    /// unwritable before it is closed.
+    pub stall_timeout: Duration,
+    /// Open client connections on this node.
+    pub max_connections: usize,
+    /// Time a client has to send its HTTP request headers.
+    pub header_timeout: Duration,
+    /// TCP keepalive idle time and probe interval.
+    pub tcp_keepalive: Duration,
+    /// Concurrent long-polls on this node.
+    pub max_polls: usize,
 }
 
 impl GatewayConfig {
@@ -97,6 +111,12 @@ impl GatewayConfig {
             replay_page: s.parse_or("SWITCHYARD_REPLAY_PAGE", 1000)?,
             catchup_concurrency: s.parse_or("SWITCHYARD_CATCHUP_CONCURRENCY", 32)?,
             max_publish_bytes: s.parse_or("SWITCHYARD_MAX_PUBLISH_BYTES", 32 * 1024)?,
+            outbound_bytes: s.parse_or("SWITCHYARD_OUTBOUND_QUEUE_BYTES", 4 * 1024 * 1024)?,
+            stall_timeout: s.millis_or("SWITCHYARD_CLIENT_STALL_MS", 30_000)?,
+            max_connections: s.parse_or("SWITCHYARD_MAX_CONNECTIONS", 50_000)?,
+            header_timeout: s.millis_or("SWITCHYARD_HEADER_TIMEOUT_MS", 10_000)?,
+            tcp_keepalive: Duration::from_secs(s.parse_or("SWITCHYARD_TCP_KEEPALIVE_SECONDS", 60)?),
+            max_polls: s.parse_or("SWITCHYARD_MAX_POLLS", 2_000)?,
         })
     }
 }

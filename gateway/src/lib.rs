@@ -1,31 +1,41 @@
 //! `switchyard-gateway`: one node of the gateway fleet.
 //!
-//! Where things are:
-//! - [`config`]: the typed configuration (environment variables).
-//! - [`server`]: the HTTP listener, routing, upgrade and drain.
-//! - [`auth`]: JWT verification and the identity it yields.
-//! - [`protocol`]: client and server frames, JSON and protobuf.
-//! - [`session`]: one WebSocket connection (reader and writer tasks).
-//! - [`subscribe`]: resolving a topic to channels and where replay starts.
-//! - [`fanout`]: live delivery, gap detection and backfill per node.
-//! - [`catchup`]: replay from PostgreSQL and the switch to live.
-//! - [`replay`]: the order in which replayed rows are handled.
-//! - [`livefeed`]: the Redis subscription and its reconnects.
+//! Where things are, from the edge inwards (a module only uses modules
+//! listed after it; `tests/module_graph.rs` checks this):
+//! - [`server`]: the HTTP listener, limits, routing, upgrade.
 //! - [`poll`]: the long-poll fallback.
+//! - [`session`]: one WebSocket connection (reader, session loop, writer).
+//! - [`livefeed`]: the Redis subscription feeding the fan-out.
 //! - [`publish`]: client publishes through the `IsPublishableByUser` gate.
+//! - [`fanout`]: live delivery per node: shards, backfill and head check.
+//! - [`catchup`]: replay from PostgreSQL and the request to go live.
+//! - [`subscribe`]: resolving a topic to channels and where replay starts
+//!   (the cursor-trust rule is a pure function there).
+//! - [`replay`]: the order in which replayed rows are handled.
+//! - [`golive`], [`subscription`], [`outbound`]: the leaf types the above
+//!   share: the go-live request, a subscription's spec and progress, a
+//!   connection's byte- and frame-bounded outbound queue.
+//! - [`wakers`]: per-channel wake-ups for long-polls.
+//! - [`http`], [`auth`], [`error`], [`protocol`], [`config`]: request
+//!   helpers, JWT verification, typed errors, client frames, configuration.
 //!
 //! The invariant a maintainer must not break: a subscription receives every
 //! entry of each of its channels after its cursor exactly once and in order;
 //! Redis is only an accelerator — PostgreSQL is the truth, and every path
 //! that may have missed something (gap, reconnect, slow client, new node)
-//! goes back to it.
+//! goes back to it. Every task the node starts is owned by its task
+//! trackers and ends at shutdown.
 
 pub mod auth;
 pub mod catchup;
 pub mod config;
+pub mod error;
 pub mod fanout;
+pub mod golive;
+pub mod http;
 pub mod livefeed;
 mod metrics;
+pub mod outbound;
 pub mod poll;
 pub mod protocol;
 pub mod publish;
@@ -33,6 +43,8 @@ mod replay;
 pub mod server;
 pub mod session;
 pub mod subscribe;
+pub mod subscription;
+pub mod wakers;
 
 use anyhow::Context as _;
 use config::GatewayConfig;
@@ -40,26 +52,32 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use switchyard_channels::{Topology, TopologyHandle};
 use switchyard_cursorlog::live::Publisher;
 use switchyard_cursorlog::CursorLog;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Shared state of a running node.
+/// Shared state of a running node: the composition root the listener and
+/// sessions hold; everything below them takes only the parts it needs.
 #[derive(Debug)]
 pub struct Node {
-    pub cfg: GatewayConfig,
-    pub log: CursorLog,
-    pub topology: TopologyHandle,
-    pub auth: auth::Authenticator,
-    pub fanout: fanout::Fanout,
-    pub publisher: Publisher,
-    pub feed: Arc<livefeed::FeedState>,
-    pub live_notify: Arc<tokio::sync::Notify>,
-    pub draining: AtomicBool,
+    pub(crate) cfg: GatewayConfig,
+    pub(crate) log: CursorLog,
+    pub(crate) topology: TopologyHandle,
+    pub(crate) auth: auth::Authenticator,
+    pub(crate) fanout: fanout::Fanout,
+    pub(crate) publisher: Publisher,
+    pub(crate) feed: Arc<livefeed::FeedState>,
+    pub(crate) wakers: Arc<wakers::ChannelWakers>,
+    pub(crate) poll_slots: Semaphore,
+    pub(crate) draining: AtomicBool,
+    /// Last readiness check (refreshed in the background, so a flood of
+    /// `/readyz` requests never reaches PostgreSQL).
+    readiness: RwLock<Result<&'static str, String>>,
     sub_ids: AtomicU64,
 }
 
@@ -68,23 +86,65 @@ impl Node {
         self.sub_ids.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Ready when PostgreSQL answers and the node is not draining. Redis is
-    /// not required: without it the node still delivers everything through
-    /// its head checks (later, not lost), so taking every node out of
-    /// rotation during a Redis outage would only refuse clients. The answer
-    /// says when the node runs degraded.
-    pub async fn ready(&self) -> Result<&'static str, String> {
+    pub(crate) fn planner(&self) -> subscribe::Planner<'_> {
+        subscribe::Planner {
+            log: &self.log,
+            topology: self.topology.current(),
+            lookback_tz: self.cfg.store.lookback_tz,
+        }
+    }
+
+    pub(crate) fn publishing(&self) -> publish::Publishing<'_> {
+        publish::Publishing {
+            log: &self.log,
+            topology: self.topology.current(),
+            publisher: &self.publisher,
+            max_publish_bytes: self.cfg.max_publish_bytes,
+            retention: self.cfg.store.retention,
+            lookback_tz: self.cfg.store.lookback_tz,
+        }
+    }
+
+    /// Whether the node takes clients, with the reason (admin port only).
+    pub fn readiness(&self) -> Result<&'static str, String> {
         if self.draining.load(Ordering::Relaxed) {
             return Err("draining".into());
         }
-        self.log
-            .ping()
-            .await
-            .map_err(|e| format!("postgres: {e}"))?;
+        self.readiness
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Ready when PostgreSQL answers. Redis is not required: without it the
+    /// node still delivers everything through its head checks (later, not
+    /// lost), so taking every node out of rotation during a Redis outage
+    /// would only refuse clients. The answer says when the node runs
+    /// degraded.
+    async fn check_readiness(&self) -> Result<&'static str, String> {
+        match tokio::time::timeout(Duration::from_secs(2), self.log.ping()).await {
+            Err(_) => return Err("postgres: no answer within 2 s".into()),
+            Ok(Err(e)) => return Err(format!("postgres: {e}")),
+            Ok(Ok(())) => {}
+        }
         if self.feed.connected.load(Ordering::Relaxed) {
             Ok("ready")
         } else {
             Ok("ready, degraded: redis live feed down, delivering from PostgreSQL")
+        }
+    }
+
+    async fn refresh_readiness(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            let state = self.check_readiness().await;
+            match self.readiness.write() {
+                Ok(mut r) => *r = state,
+                Err(p) => *p.into_inner() = state,
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
         }
     }
 }
@@ -93,7 +153,7 @@ struct NodeReadiness(Arc<Node>);
 
 impl switchyard_ops::admin::Readiness for NodeReadiness {
     fn check(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
-        Box::pin(async move { self.0.ready().await.map(str::to_owned) })
+        Box::pin(async move { self.0.readiness().map(str::to_owned) })
     }
 }
 
@@ -106,7 +166,20 @@ pub struct Running {
     stop_accepting: CancellationToken,
     drain: CancellationToken,
     background: CancellationToken,
-    tracker: TaskTracker,
+    /// Client connections (HTTP and WebSocket sessions).
+    connections: TaskTracker,
+    /// Everything else: shards, ticker, catch-ups, backfills, live feed,
+    /// topology watcher, admin endpoint, readiness.
+    tasks: TaskTracker,
+}
+
+/// What a shutdown left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Connections still open when the grace period ended (then aborted).
+    pub connections_left: usize,
+    /// Background tasks that did not end within their deadline.
+    pub tasks_left: usize,
 }
 
 /// Builds and starts a node.
@@ -123,19 +196,28 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
     .map_err(anyhow::Error::msg)?;
     let (log, publisher) = cfg.store.connect().await?;
     let background = CancellationToken::new();
+    let tasks = TaskTracker::new();
     let shards = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
+    let catchup = Arc::new(catchup::CatchupContext {
+        epoch: log.epoch().into(),
+        log: log.clone(),
+        read_permits: Semaphore::new(cfg.catchup_concurrency.max(1)),
+        replay_page: cfg.replay_page.max(1),
+        stall_timeout: cfg.stall_timeout,
+    });
     let fanout = fanout::Fanout::start(
-        shards,
-        log.clone(),
-        cfg.replay_page,
-        cfg.catchup_concurrency,
-        cfg.head_check,
+        fanout::FanoutConfig {
+            shards,
+            head_check: cfg.head_check,
+        },
+        catchup,
+        tasks.clone(),
         background.clone(),
     );
     let feed = Arc::new(livefeed::FeedState::default());
-    let live_notify = Arc::new(tokio::sync::Notify::new());
+    let wakers = Arc::new(wakers::ChannelWakers::default());
     let node = Arc::new(Node {
         log: log.clone(),
         topology: topology.clone(),
@@ -143,24 +225,30 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
         fanout: fanout.clone(),
         publisher,
         feed: feed.clone(),
-        live_notify: live_notify.clone(),
+        wakers: wakers.clone(),
+        poll_slots: Semaphore::new(cfg.max_polls.max(1)),
         draining: AtomicBool::new(false),
+        readiness: RwLock::new(Err("starting".into())),
         sub_ids: AtomicU64::new(1),
         cfg: cfg.clone(),
     });
-    tokio::spawn(livefeed::run(
+    // The first readiness answer is known before the node is announced.
+    let first = node.check_readiness().await;
+    *node.readiness.write().unwrap_or_else(|p| p.into_inner()) = first;
+    tasks.spawn(node.clone().refresh_readiness(background.clone()));
+    tasks.spawn(livefeed::run(
         cfg.store.redis_url.clone(),
         switchyard_cursorlog::live::live_pattern(&cfg.store.redis_prefix),
         log.epoch().to_owned(),
         fanout,
         feed,
-        live_notify,
+        wakers,
         background.clone(),
     ));
-    topology.spawn_watcher(cfg.topology.clone(), background.clone());
+    tasks.spawn(topology.watcher(cfg.topology.clone(), background.clone()));
 
     let metrics = switchyard_ops::telemetry::init_metrics();
-    let admin = switchyard_ops::admin::spawn(
+    let (admin, admin_server) = switchyard_ops::admin::bind(
         cfg.admin_listen,
         metrics,
         Arc::new(NodeReadiness(node.clone())),
@@ -168,19 +256,20 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
     )
     .await
     .with_context(|| format!("binding SWITCHYARD_ADMIN_LISTEN={}", cfg.admin_listen))?;
+    tasks.spawn(admin_server);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding SWITCHYARD_LISTEN={}", cfg.listen))?;
     let listen = listener.local_addr()?;
     let stop_accepting = CancellationToken::new();
     let drain = CancellationToken::new();
-    let tracker = TaskTracker::new();
-    tokio::spawn(server::serve(
+    let connections = TaskTracker::new();
+    tasks.spawn(server::serve(
         listener,
         node.clone(),
         stop_accepting.clone(),
         drain.clone(),
-        tracker.clone(),
+        connections.clone(),
     ));
     tracing::info!(%listen, %admin, epoch = log.epoch(), shards, "gateway started");
     Ok(Running {
@@ -190,28 +279,51 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
         stop_accepting,
         drain,
         background,
-        tracker,
+        connections,
+        tasks,
     })
 }
 
 impl Running {
     /// Drains: stop accepting, tell every client to reconnect elsewhere
-    /// (spread over the drain window), close with 1001, wait for sessions to
-    /// end (at most `grace`), then stop background tasks.
-    pub async fn shutdown(self, grace: Duration) {
+    /// (spread over the drain window) and close with 1001, wait for sessions
+    /// to end (at most `grace`), then cancel every background task and wait
+    /// for them (at most `grace` again). Sessions and tasks still running at
+    /// their deadline are aborted by the runtime when the process exits; the
+    /// report counts them.
+    pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
         self.node.draining.store(true, Ordering::Relaxed);
         ::metrics::gauge!(crate::metrics::DRAINING).set(1.0);
         self.stop_accepting.cancel();
         self.drain.cancel();
-        self.tracker.close();
-        let left = tokio::time::timeout(grace, self.tracker.wait()).await;
-        if left.is_err() {
+        self.connections.close();
+        let mut report = ShutdownReport {
+            connections_left: 0,
+            tasks_left: 0,
+        };
+        if tokio::time::timeout(grace, self.connections.wait())
+            .await
+            .is_err()
+        {
+            report.connections_left = self.connections.len();
             tracing::warn!(
-                remaining = self.tracker.len(),
-                "drain grace elapsed; closing remaining connections"
+                remaining = report.connections_left,
+                "drain grace elapsed with connections still open"
             );
         }
         self.background.cancel();
-        tracing::info!("gateway stopped");
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            report.tasks_left = self.tasks.len();
+            tracing::warn!(
+                remaining = report.tasks_left,
+                "background tasks did not stop in time"
+            );
+        }
+        tracing::info!(?report, "gateway stopped");
+        report
     }
 }

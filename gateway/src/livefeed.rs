@@ -7,6 +7,7 @@
 
 use crate::fanout::Fanout;
 use crate::metrics as m;
+use crate::wakers::ChannelWakers;
 use futures::StreamExt as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Default)]
 pub struct FeedState {
     pub connected: AtomicBool,
-    /// Bumped on every live event (long-poll waiters watch it).
+    /// Live events received.
     pub events: AtomicU64,
 }
 
@@ -29,7 +30,7 @@ pub async fn run(
     epoch: String,
     fanout: Fanout,
     state: Arc<FeedState>,
-    notify: Arc<tokio::sync::Notify>,
+    wakers: Arc<ChannelWakers>,
     cancel: CancellationToken,
 ) {
     let client = match redis::Client::open(redis_url.as_str()) {
@@ -90,8 +91,9 @@ pub async fn run(
                         continue;
                     }
                     state.events.fetch_add(1, Ordering::Relaxed);
+                    let channels: Vec<i64> = ev.entries.iter().map(|e| e.channel).collect();
                     fanout.live(ev).await;
-                    notify.notify_waiters();
+                    wakers.wake(channels);
                 }
                 Err(e) => {
                     metrics::counter!(m::LIVE_DECODE_ERRORS).increment(1);

@@ -34,6 +34,12 @@ async fn main() -> ExitCode {
         }
     };
     switchyard_ops::shutdown::signal().await;
-    running.shutdown(Duration::from_secs(10)).await;
+    let report = running.shutdown(Duration::from_secs(10)).await;
+    if report.tasks_left > 0 {
+        eprintln!(
+            "switchyard-gateway: {} background tasks did not stop in time",
+            report.tasks_left
+        );
+    }
     ExitCode::SUCCESS
 }

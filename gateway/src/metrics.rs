@@ -15,3 +15,7 @@ pub(crate) const REDIS_RECONNECTS: &str = "switchyard_gateway_redis_reconnects_t
 pub(crate) const CATCHUP_SECONDS: &str = "switchyard_gateway_catchup_seconds";
 pub(crate) const DRAINING: &str = "switchyard_gateway_draining";
 pub(crate) const LIVE_DECODE_ERRORS: &str = "switchyard_gateway_live_decode_errors_total";
+pub(crate) const RETRIES: &str = "switchyard_gateway_retries_total";
+pub(crate) const STALLED_CLOSES: &str = "switchyard_gateway_stalled_client_closes_total";
+pub(crate) const POLL_WAKEUPS: &str = "switchyard_gateway_poll_wakeups_total";
+pub(crate) const BACKFILL_FAILURES: &str = "switchyard_gateway_backfill_failures_total";

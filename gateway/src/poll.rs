@@ -1,16 +1,25 @@
 //! `GET /v1/poll`: the long-poll fallback for networks that block
 //! WebSockets. Stateless on the node: every request carries its cursor, reads
-//! the log after it, and, when nothing is there yet, waits for the live feed
-//! to signal new events (re-checking the log at least once a second).
+//! the log after it, and, when nothing is there yet, waits until a live event
+//! of one of *its* channels arrives (re-checking the log every
+//! `recheck`, which heals a lost Redis publish like the head check does).
 //!
-//! Invariant: the same replay rules as a WebSocket catch-up
-//! ([`crate::replay::plan_page`]), so the guarantees (complete, once,
-//! ordered, scoped) hold across both transports and a client may switch.
+//! Invariants:
+//! - The same replay rules as a WebSocket catch-up
+//!   ([`crate::replay::plan_page`]), so the guarantees (complete, once,
+//!   ordered, scoped) hold across both transports and a client may switch.
+//! - At most `max_polls` requests wait on a node at once; the rest are
+//!   refused with 503 before touching PostgreSQL.
 
-use crate::protocol::{self, ErrorCode, Protocol};
+use crate::auth::Authenticator;
+use crate::error::RequestError;
+use crate::http::{authenticate, json_error, query_param, Body};
+use crate::metrics as m;
+use crate::protocol::{self, Protocol};
 use crate::replay::{plan_page, Action};
-use crate::server::{authenticate, json_error, query_param, Body};
-use crate::Node;
+use crate::subscribe::Planner;
+use crate::subscription::set_position;
+use crate::wakers::ChannelWakers;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -19,19 +28,50 @@ use hyper::{Request, Response, StatusCode};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 const MAX_TIMEOUT_MS: u64 = 60_000;
 const MAX_MESSAGES: usize = 1000;
 
-pub(crate) async fn handle(
-    req: Request<Incoming>,
-    node: Arc<Node>,
-    drain: CancellationToken,
-) -> Response<Body> {
-    let identity = match authenticate(&node, &req) {
+/// What a long-poll needs from the node.
+#[derive(Debug)]
+pub(crate) struct PollContext<'a> {
+    pub(crate) auth: &'a Authenticator,
+    pub(crate) planner: Planner<'a>,
+    pub(crate) wakers: &'a Arc<ChannelWakers>,
+    pub(crate) slots: &'a Semaphore,
+    pub(crate) replay_page: i64,
+    /// Longest wait between two reads of the log.
+    pub(crate) recheck: Duration,
+    pub(crate) drain: CancellationToken,
+}
+
+fn status_of(e: &RequestError) -> StatusCode {
+    match e {
+        RequestError::NoChannels(_) => StatusCode::FORBIDDEN,
+        RequestError::Log(_) | RequestError::NotStored => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn refuse(e: RequestError) -> Response<Body> {
+    e.log("long-poll");
+    json_error(status_of(&e), e.code().as_str(), &e.to_string())
+}
+
+pub(crate) async fn handle(req: Request<Incoming>, ctx: PollContext<'_>) -> Response<Body> {
+    let identity = match authenticate(ctx.auth, &req) {
         Ok(i) => i,
         Err(resp) => return *resp,
+    };
+    let Ok(_slot) = ctx.slots.try_acquire() else {
+        metrics::counter!(m::CLIENT_ERRORS, "code" => "rate_limited").increment(1);
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "rate_limited",
+            "too many long-polls on this node; retry shortly",
+        );
     };
     let query = req.uri().query().unwrap_or("");
     let Some(topic) = query_param(query, "topic").filter(|t| !t.is_empty()) else {
@@ -53,42 +93,27 @@ pub(crate) async fn handle(
             )
         }
     };
-    let plan = match crate::subscribe::plan(&node, &identity, &topic, cursor.as_deref(), None).await
+    // A poll does not outlive its token.
+    let token_left = identity.exp.saturating_sub(now_secs()).saturating_mul(1000);
+    let timeout_ms = timeout_ms.min(token_left);
+    let plan = match ctx
+        .planner
+        .plan(&identity, &topic, cursor.as_deref(), None)
+        .await
     {
         Ok(p) => p,
-        Err((code, msg)) => {
-            let status = match code {
-                ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-                ErrorCode::Internal => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            return json_error(status, code.as_str(), &msg);
-        }
+        Err(e) => return refuse(e),
     };
+    let log = ctx.planner.log;
+    let watch = ctx.wakers.watch(&plan.channels);
     let mut positions = plan.positions;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
     let mut messages: Vec<Bytes> = Vec::new();
     loop {
-        // Register interest before reading so an event landing between the
-        // read and the wait still wakes us.
-        let notified = node.live_notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
         loop {
-            let page = match node
-                .log
-                .read_after(&positions, None, node.cfg.replay_page)
-                .await
-            {
+            let page = match log.read_after(&positions, None, ctx.replay_page).await {
                 Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!(error = %e, "long-poll read failed");
-                    return json_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "internal",
-                        "the message log is unavailable; retry shortly",
-                    );
-                }
+                Err(e) => return refuse(RequestError::Log(e)),
             };
             let mut pos: HashMap<i64, i64> = positions.iter().copied().collect();
             let actions = plan_page(&page.rows, &mut pos);
@@ -96,7 +121,7 @@ pub(crate) async fn handle(
             for action in actions {
                 let (event, fresh, earlier) = match action {
                     Action::Jump { channel, to } => {
-                        set(&mut positions, channel, to);
+                        set_position(&mut positions, channel, to);
                         continue;
                     }
                     Action::Event {
@@ -106,7 +131,7 @@ pub(crate) async fn handle(
                     } => (event, fresh, earlier),
                 };
                 for (ch, seq) in &fresh {
-                    set(&mut positions, *ch, *seq);
+                    set_position(&mut positions, *ch, *seq);
                 }
                 let for_other_user = event
                     .user_id
@@ -116,7 +141,7 @@ pub(crate) async fn handle(
                     continue;
                 }
                 let cursor = switchyard_cursorlog::cursor::encode_parts(
-                    node.log.epoch(),
+                    log.epoch(),
                     positions.iter().copied(),
                 );
                 messages.push(protocol::encode_message(Protocol::Json, &event, &cursor));
@@ -124,10 +149,7 @@ pub(crate) async fn handle(
                     break;
                 }
             }
-            if !progressed {
-                break;
-            }
-            if !page.more || messages.len() >= MAX_MESSAGES {
+            if !progressed || !page.more || messages.len() >= MAX_MESSAGES {
                 break;
             }
         }
@@ -135,14 +157,16 @@ pub(crate) async fn handle(
             break;
         }
         tokio::select! {
-            _ = &mut notified => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = watch.woken() => {
+                metrics::counter!(m::POLL_WAKEUPS).increment(1);
+            }
+            _ = tokio::time::sleep(ctx.recheck) => {}
             _ = tokio::time::sleep_until(deadline) => {}
-            _ = drain.cancelled() => break,
+            _ = ctx.drain.cancelled() => break,
         }
     }
-    let cursor =
-        switchyard_cursorlog::cursor::encode_parts(node.log.epoch(), positions.iter().copied());
+    drop(watch);
+    let cursor = switchyard_cursorlog::cursor::encode_parts(log.epoch(), positions.iter().copied());
     let mut body = Vec::with_capacity(64 + messages.iter().map(|m| m.len() + 1).sum::<usize>());
     body.extend_from_slice(b"{\"messages\":[");
     for (i, m) in messages.iter().enumerate() {
@@ -162,8 +186,9 @@ pub(crate) async fn handle(
     r
 }
 
-fn set(positions: &mut [(i64, i64)], channel: i64, seq: i64) {
-    if let Some(p) = positions.iter_mut().find(|p| p.0 == channel) {
-        p.1 = seq;
-    }
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

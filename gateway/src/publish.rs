@@ -6,111 +6,110 @@
 //! (`published`) only after the PostgreSQL commit.
 
 use crate::auth::Identity;
-use crate::protocol::ErrorCode;
-use crate::Node;
+use crate::error::RequestError;
 use bytes::Bytes;
+use chrono_tz::Tz;
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard_channels::Topology;
 use switchyard_cursorlog::event::is_json_content_type;
-use switchyard_cursorlog::{Entry, LogEvent, NewEvent};
+use switchyard_cursorlog::live::Publisher;
+use switchyard_cursorlog::{CursorLog, Entry, LogEvent, NewEvent};
 
-/// Publishes a client's event; the error is the code and message for the
-/// client's `error` frame.
-pub async fn publish(
-    node: &Node,
-    identity: &Identity,
-    topic: &str,
-    payload: Bytes,
-    content_type: String,
-) -> Result<(), (ErrorCode, String)> {
-    let topology = node.topology.current();
-    if !topology.has_topic(topic) {
-        return Err((ErrorCode::BadRequest, format!("unknown topic {topic:?}")));
-    }
-    if payload.len() > node.cfg.max_publish_bytes {
-        return Err((
-            ErrorCode::TooLarge,
-            format!(
-                "payload is {} bytes, the limit is {}",
-                payload.len(),
-                node.cfg.max_publish_bytes
-            ),
-        ));
-    }
-    if is_json_content_type(&content_type)
-        && serde_json::from_slice::<&serde_json::value::RawValue>(&payload).is_err()
-    {
-        return Err((ErrorCode::BadRequest, "payload is not valid JSON".into()));
-    }
-    let resolved = topology.resolve_user_publish(topic, &identity.entitlements);
-    if resolved.is_empty() {
-        return Err((
-            ErrorCode::NotPublishable,
-            format!("topic {topic:?} does not accept publishes from you"),
-        ));
-    }
-    let keys: Vec<String> = resolved.iter().map(|c| c.key.clone()).collect();
-    let ids = node.log.channel_ids(&keys).await.map_err(internal)?;
-    let mut log_channels = Vec::new();
-    let mut log_ids = Vec::new();
-    let mut ephemeral = Vec::new();
-    for (c, id) in resolved.iter().zip(ids) {
-        if c.ephemeral {
-            ephemeral.push(Entry {
-                channel: id,
-                seq: 0,
-            });
-        } else {
-            log_channels.push(c.clone());
-            log_ids.push(id);
-        }
-    }
-    log_ids.sort_unstable();
-    log_ids.dedup();
-    let now = chrono::Utc::now();
-    let event_id = format!("client-{}", uuid::Uuid::new_v4().simple());
-    let tenant = identity.entitlements.tenant.clone().unwrap_or_default();
-    let mut live = if log_ids.is_empty() {
-        LogEvent {
-            event_id,
-            topic: topic.to_owned(),
-            tenant,
-            user_id: None,
-            payload,
-            content_type,
-            created_at_ms: now.timestamp_millis(),
-            entries: Vec::new(),
-        }
-    } else {
-        let ev = NewEvent {
-            event_id,
-            topic: topic.to_owned(),
-            tenant,
-            user_id: None,
-            payload,
-            content_type,
-            created_at_ms: now.timestamp_millis(),
-            expires_at: switchyard_cursorlog::event::expires_at(
-                &log_channels,
-                now,
-                node.cfg.store.retention,
-                node.cfg.store.lookback_tz,
-            ),
-            channels: log_ids,
-        };
-        let mut out = node.log.append_batch(&[ev]).await.map_err(internal)?;
-        out.appended
-            .pop()
-            .ok_or_else(|| (ErrorCode::Internal, "publish was not stored".to_owned()))?
-    };
-    live.entries.extend(ephemeral);
-    node.publisher.publish(std::slice::from_ref(&live)).await;
-    tracing::debug!(topic, user = %identity.user, event_id = %live.event_id, "client publish stored");
-    Ok(())
+/// What a client publish needs from the node.
+#[derive(Debug)]
+pub struct Publishing<'a> {
+    pub log: &'a CursorLog,
+    pub topology: Arc<Topology>,
+    pub publisher: &'a Publisher,
+    pub max_publish_bytes: usize,
+    pub retention: Duration,
+    pub lookback_tz: Tz,
 }
 
-fn internal(e: switchyard_cursorlog::LogError) -> (ErrorCode, String) {
-    tracing::warn!(error = %e, "cursor log unavailable for a publish");
-    (
-        ErrorCode::Internal,
-        "the message log is unavailable; retry shortly".to_owned(),
-    )
+impl Publishing<'_> {
+    /// Publishes a client's event.
+    pub async fn publish(
+        &self,
+        identity: &Identity,
+        topic: &str,
+        payload: Bytes,
+        content_type: String,
+    ) -> Result<(), RequestError> {
+        let topology = &self.topology;
+        if !topology.has_topic(topic) {
+            return Err(RequestError::UnknownTopic(topic.to_owned()));
+        }
+        if payload.len() > self.max_publish_bytes {
+            return Err(RequestError::PayloadTooLarge {
+                size: payload.len(),
+                limit: self.max_publish_bytes,
+            });
+        }
+        if is_json_content_type(&content_type)
+            && serde_json::from_slice::<&serde_json::value::RawValue>(&payload).is_err()
+        {
+            return Err(RequestError::PayloadNotJson);
+        }
+        let resolved = topology.resolve_user_publish(topic, &identity.entitlements);
+        if resolved.is_empty() {
+            return Err(RequestError::NotPublishable(topic.to_owned()));
+        }
+        let keys: Vec<String> = resolved.iter().map(|c| c.key.clone()).collect();
+        let ids = self.log.channel_ids(&keys).await?;
+        let mut log_channels = Vec::new();
+        let mut log_ids = Vec::new();
+        let mut ephemeral = Vec::new();
+        for (c, id) in resolved.iter().zip(ids) {
+            if c.ephemeral {
+                ephemeral.push(Entry {
+                    channel: id,
+                    seq: 0,
+                });
+            } else {
+                log_channels.push(c.clone());
+                log_ids.push(id);
+            }
+        }
+        log_ids.sort_unstable();
+        log_ids.dedup();
+        let now = chrono::Utc::now();
+        let event_id = format!("client-{}", uuid::Uuid::new_v4().simple());
+        let tenant = identity.entitlements.tenant.clone().unwrap_or_default();
+        let mut live = if log_ids.is_empty() {
+            LogEvent {
+                event_id,
+                topic: topic.to_owned(),
+                tenant,
+                user_id: None,
+                payload,
+                content_type,
+                created_at_ms: now.timestamp_millis(),
+                entries: Vec::new(),
+            }
+        } else {
+            let ev = NewEvent {
+                event_id,
+                topic: topic.to_owned(),
+                tenant,
+                user_id: None,
+                payload,
+                content_type,
+                created_at_ms: now.timestamp_millis(),
+                expires_at: switchyard_cursorlog::event::expires_at(
+                    &log_channels,
+                    now,
+                    self.retention,
+                    self.lookback_tz,
+                ),
+                channels: log_ids,
+            };
+            let mut out = self.log.append_batch(&[ev]).await?;
+            out.appended.pop().ok_or(RequestError::NotStored)?
+        };
+        live.entries.extend(ephemeral);
+        self.publisher.publish(std::slice::from_ref(&live)).await;
+        tracing::debug!(topic, user = %identity.user, event_id = %live.event_id, "client publish stored");
+        Ok(())
+    }
 }

@@ -1,107 +1,37 @@
 //! The client listener: HTTP/1.1 with upgrades (hyper), routing `/v1/ws` to
-//! WebSocket sessions and `/v1/poll` to long-polls, and the drain on
-//! shutdown.
+//! WebSocket sessions and `/v1/poll` to long-polls, with the limits that
+//! keep a flood of connections or slow headers from exhausting the node.
 //!
-//! Invariant: authentication (and the Origin check, when configured) happens
-//! before the upgrade, so an unauthenticated client never holds a WebSocket;
-//! a draining node accepts nothing new.
+//! Invariants:
+//! - Authentication (and the Origin check, when configured) happens before
+//!   the upgrade, so an unauthenticated client never holds a WebSocket; a
+//!   draining node accepts nothing new.
+//! - At most `max_connections` TCP connections are open on the listener: a
+//!   permit is taken before `accept`, so past the cap the kernel's backlog
+//!   holds new connections instead of the process.
+//! - A client has `header_timeout` to send its request headers.
 
-use crate::auth::{AuthError, Identity};
+use crate::http::{authenticate, json_error, origin_allowed, Body};
 use crate::metrics as m;
+use crate::poll::PollContext;
 use crate::protocol::{Protocol, SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO};
 use crate::Node;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub(crate) type Body = Full<Bytes>;
-
-/// A JSON error response in the shape of the protocol's `error` frame.
-pub(crate) fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({"type": "error", "code": code, "message": message}).to_string();
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
-}
-
-/// The bearer token of a request: `Authorization: Bearer` or `?access_token=`.
-pub(crate) fn token_of(req: &Request<Incoming>) -> Option<String> {
-    if let Some(v) = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        if let Some(t) = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-        {
-            return Some(t.trim().to_owned());
-        }
-    }
-    query_param(req.uri().query()?, "access_token")
-}
-
-pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-pub(crate) fn authenticate(
-    node: &Node,
-    req: &Request<Incoming>,
-) -> Result<Identity, Box<Response<Body>>> {
-    let verified = match token_of(req) {
-        None => Err(AuthError::Missing),
-        Some(t) => node.auth.verify(&t),
-    };
-    verified.map_err(|e| {
-        metrics::counter!(m::AUTH_FAILURES, "reason" => e.reason()).increment(1);
-        metrics::counter!(m::CONNECTIONS_TOTAL, "result" => "unauthorized").increment(1);
-        Box::new(json_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            &e.to_string(),
-        ))
-    })
-}
-
-/// Accepts connections until `stop` fires; sessions are tracked in `tracker`.
+/// Accepts connections until `stop` fires; connections are tracked in
+/// `tracker`.
 pub(crate) async fn serve(
     listener: TcpListener,
     node: Arc<Node>,
@@ -109,7 +39,12 @@ pub(crate) async fn serve(
     drain: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let slots = Arc::new(Semaphore::new(node.cfg.max_connections.max(1)));
     loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        };
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
             r = listener.accept() => match r {
@@ -117,23 +52,38 @@ pub(crate) async fn serve(
                 Err(e) => {
                     // Typically EMFILE: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
         let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(node.cfg.tcp_keepalive)
+            .with_interval(node.cfg.tcp_keepalive);
+        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP keepalive");
+        }
         let node = node.clone();
         let drain = drain.clone();
         let tracker2 = tracker.clone();
+        // Shared by the HTTP connection and, after an upgrade, the WebSocket
+        // session: the slot is free only when both are gone.
+        let permit = Arc::new(permit);
         tracker.spawn(async move {
+            let header_timeout = node.cfg.header_timeout;
             let svc = hyper::service::service_fn(move |req| {
                 let node = node.clone();
                 let drain = drain.clone();
                 let tracker = tracker2.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(req, node, drain, tracker).await) }
+                let slot = permit.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(route(req, node, drain, tracker, slot).await)
+                }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .max_buf_size(64 * 1024)
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades()
@@ -150,17 +100,33 @@ async fn route(
     node: Arc<Node>,
     drain: CancellationToken,
     tracker: TaskTracker,
+    slot: Arc<OwnedSemaphorePermit>,
 ) -> Response<Body> {
     match req.uri().path() {
-        "/v1/ws" => upgrade(req, node, drain, tracker),
-        "/v1/poll" => crate::poll::handle(req, node, drain).await,
+        "/v1/ws" => upgrade(req, node, drain, tracker, slot),
+        "/v1/poll" => {
+            if !origin_allowed(&node.cfg.allowed_origins, &req) {
+                return json_error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
+            }
+            let ctx = PollContext {
+                auth: &node.auth,
+                planner: node.planner(),
+                wakers: &node.wakers,
+                slots: &node.poll_slots,
+                replay_page: node.cfg.replay_page,
+                recheck: node.cfg.head_check,
+                drain,
+            };
+            crate::poll::handle(req, ctx).await
+        }
         "/healthz" => switchyard_ops::admin::text(StatusCode::OK, "ok\n".into()),
-        "/readyz" => match node.ready().await {
-            Ok(state) => switchyard_ops::admin::text(StatusCode::OK, format!("{state}\n")),
-            Err(why) => switchyard_ops::admin::text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {why}\n"),
-            ),
+        // The public port says only whether the node takes clients; the
+        // reason (which may carry dependency detail) is on the admin port.
+        "/readyz" => match node.readiness() {
+            Ok(_) => switchyard_ops::admin::text(StatusCode::OK, "ready\n".into()),
+            Err(_) => {
+                switchyard_ops::admin::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
+            }
         },
         _ => json_error(
             StatusCode::NOT_FOUND,
@@ -175,6 +141,7 @@ fn upgrade(
     node: Arc<Node>,
     drain: CancellationToken,
     tracker: TaskTracker,
+    slot: Arc<OwnedSemaphorePermit>,
 ) -> Response<Body> {
     if node.draining.load(Ordering::Relaxed) {
         return json_error(
@@ -190,15 +157,10 @@ fn upgrade(
             "expected a WebSocket upgrade",
         );
     }
-    if !node.cfg.allowed_origins.is_empty() {
-        let origin = req.headers().get("origin").and_then(|v| v.to_str().ok());
-        if let Some(o) = origin {
-            if !node.cfg.allowed_origins.iter().any(|a| a == o) {
-                return json_error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
-            }
-        }
+    if !origin_allowed(&node.cfg.allowed_origins, &req) {
+        return json_error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
     }
-    let identity = match authenticate(&node, &req) {
+    let identity = match authenticate(&node.auth, &req) {
         Ok(i) => i,
         Err(resp) => return *resp,
     };
@@ -228,6 +190,7 @@ fn upgrade(
     };
     metrics::counter!(m::CONNECTIONS_TOTAL, "result" => "accepted").increment(1);
     tracker.spawn(async move {
+        let _slot = slot;
         match fut.await {
             Ok(ws) => crate::session::run(ws.into_inner(), node, identity, protocol, drain).await,
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
@@ -240,26 +203,4 @@ fn upgrade(
             .insert("sec-websocket-protocol", HeaderValue::from_static(p));
     }
     resp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_parameters_are_decoded() {
-        assert_eq!(
-            query_param("a=1&access_token=x%2Ey", "access_token").as_deref(),
-            Some("x.y")
-        );
-        assert_eq!(
-            query_param("topic=News+Flash", "topic").as_deref(),
-            Some("News Flash")
-        );
-        assert_eq!(
-            query_param("cursor=%zz%", "cursor").as_deref(),
-            Some("%zz%")
-        );
-        assert_eq!(query_param("x", "x"), None);
-    }
 }

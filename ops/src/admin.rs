@@ -64,10 +64,25 @@ pub async fn spawn(
     ready: Arc<dyn Readiness>,
     cancel: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
+    let (local, server) = bind(addr, metrics, ready, cancel).await?;
+    tokio::spawn(server);
+    Ok(local)
+}
+
+/// Binds the admin endpoint and returns its address and the server as a
+/// future, for callers that own their tasks; it ends when `cancel` fires.
+pub async fn bind(
+    addr: SocketAddr,
+    metrics: PrometheusHandle,
+    ready: Arc<dyn Readiness>,
+    cancel: CancellationToken,
+) -> std::io::Result<(
+    SocketAddr,
+    impl std::future::Future<Output = ()> + Send + 'static,
+)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    tokio::spawn(serve(listener, metrics, ready, cancel));
-    Ok(local)
+    Ok((local, serve(listener, metrics, ready, cancel)))
 }
 
 async fn handle(

@@ -1,0 +1,124 @@
+//! What the client listener's HTTP handlers share: the JSON error response,
+//! reading the bearer token and query parameters, and authenticating a
+//! request.
+//!
+//! Invariant: a refusal is a JSON body in the shape of the protocol's
+//! `error` frame, and never carries internal detail.
+
+use crate::auth::{AuthError, Authenticator, Identity};
+use crate::metrics as m;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+
+pub(crate) type Body = Full<Bytes>;
+
+/// A JSON error response in the shape of the protocol's `error` frame.
+pub(crate) fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"type": "error", "code": code, "message": message}).to_string();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// The bearer token of a request: `Authorization: Bearer` or `?access_token=`.
+pub(crate) fn token_of<B>(req: &Request<B>) -> Option<String> {
+    if let Some(v) = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(t) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
+            return Some(t.trim().to_owned());
+        }
+    }
+    query_param(req.uri().query()?, "access_token")
+}
+
+/// The first value of `name` in a query string, decoded.
+pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Verifies the request's token; the refusal is a ready 401 response.
+pub(crate) fn authenticate(
+    auth: &Authenticator,
+    req: &Request<Incoming>,
+) -> Result<Identity, Box<Response<Body>>> {
+    let verified = match token_of(req) {
+        None => Err(AuthError::Missing),
+        Some(t) => auth.verify(&t),
+    };
+    verified.map_err(|e| {
+        metrics::counter!(m::AUTH_FAILURES, "reason" => e.reason()).increment(1);
+        metrics::counter!(m::CONNECTIONS_TOTAL, "result" => "unauthorized").increment(1);
+        Box::new(json_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            &e.to_string(),
+        ))
+    })
+}
+
+/// Whether `origin` may connect: any when the allow-list is empty, and
+/// requests without an `Origin` (non-browser clients) always.
+pub(crate) fn origin_allowed<B>(allowed: &[String], req: &Request<B>) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match req.headers().get("origin").and_then(|v| v.to_str().ok()) {
+        Some(o) => allowed.iter().any(|a| a == o),
+        None => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        assert_eq!(
+            query_param("a=1&access_token=x%2Ey", "access_token").as_deref(),
+            Some("x.y")
+        );
+        assert_eq!(
+            query_param("topic=News+Flash", "topic").as_deref(),
+            Some("News Flash")
+        );
+        assert_eq!(
+            query_param("cursor=%zz%", "cursor").as_deref(),
+            Some("%zz%")
+        );
+        assert_eq!(query_param("x", "x").as_deref(), Some(""));
+        assert_eq!(query_param("y=1", "x"), None);
+    }
+
+    #[test]
+    fn origins_are_checked_only_when_configured() {
+        let req = |o: Option<&str>| {
+            let mut b = Request::builder().uri("/v1/ws");
+            if let Some(o) = o {
+                b = b.header("origin", o);
+            }
+            b.body(()).unwrap()
+        };
+        let allowed = vec!["https://app.example".to_owned()];
+        assert!(origin_allowed(&[], &req(Some("https://evil.example"))));
+        assert!(origin_allowed(&allowed, &req(Some("https://app.example"))));
+        assert!(!origin_allowed(
+            &allowed,
+            &req(Some("https://evil.example"))
+        ));
+        assert!(origin_allowed(&allowed, &req(None)));
+    }
+}

@@ -1,0 +1,202 @@
+//! A connection's outbound queue: what the fan-out, catch-up and the session
+//! hand to the connection's writer, bounded in frames *and* in bytes.
+//!
+//! Every frame takes its size from a byte budget (a semaphore) when it is
+//! queued and gives it back when the writer has written it, so a connection
+//! can hold at most `frames` frames and about `bytes` bytes of them however
+//! large each is.
+//!
+//! Invariant: a sender either gets room or is told the queue is full
+//! ([`OutboundTx::try_send`]) / waits for room ([`OutboundTx::send`]); the
+//! queue never grows past its bounds, whatever the client does.
+
+use bytes::Bytes;
+use fastwebsockets::OpCode;
+use std::sync::Arc;
+use tokio::sync::{mpsc, Semaphore};
+
+/// A frame queued for the writer.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A data frame (text for JSON, binary for protobuf).
+    Frame(Bytes),
+    /// A control frame the reader owes the peer (pong, close reply).
+    Control(OpCode, Vec<u8>),
+    /// Close the connection with this code and reason.
+    Close(u16, &'static str),
+}
+
+impl Outbound {
+    fn bytes(&self) -> usize {
+        match self {
+            Outbound::Frame(b) => b.len(),
+            Outbound::Control(_, p) => p.len(),
+            Outbound::Close(_, r) => r.len() + 2,
+        }
+    }
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QueueError {
+    #[error("the outbound queue is full")]
+    Full,
+    #[error("the connection is closed")]
+    Closed,
+}
+
+/// The sending side; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct OutboundTx {
+    tx: mpsc::Sender<(Outbound, u32)>,
+    budget: Arc<Semaphore>,
+    max_cost: u32,
+}
+
+/// The writer's side.
+#[derive(Debug)]
+pub struct OutboundRx {
+    rx: mpsc::Receiver<(Outbound, u32)>,
+    budget: Arc<Semaphore>,
+}
+
+/// A queue of at most `frames` frames and `bytes` bytes (a frame larger than
+/// the whole budget takes all of it).
+pub fn queue(frames: usize, bytes: usize) -> (OutboundTx, OutboundRx) {
+    let (tx, rx) = mpsc::channel(frames.max(1));
+    let max_cost = u32::try_from(bytes.clamp(1, Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+    let budget = Arc::new(Semaphore::new(max_cost as usize));
+    (
+        OutboundTx {
+            tx,
+            budget: budget.clone(),
+            max_cost,
+        },
+        OutboundRx { rx, budget },
+    )
+}
+
+impl OutboundTx {
+    fn cost(&self, o: &Outbound) -> u32 {
+        u32::try_from(o.bytes())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.max_cost)
+    }
+
+    /// Queues without waiting.
+    pub fn try_send(&self, o: Outbound) -> Result<(), QueueError> {
+        let cost = self.cost(&o);
+        let permit = match self.budget.try_acquire_many(cost) {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::NoPermits) => return Err(QueueError::Full),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(QueueError::Closed),
+        };
+        match self.tx.try_send((o, cost)) {
+            Ok(()) => {
+                permit.forget();
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(QueueError::Full),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(QueueError::Closed),
+        }
+    }
+
+    /// Queues, waiting for room. Not cancel-safe with respect to ordering
+    /// guarantees beyond "nothing was queued" when cancelled.
+    pub async fn send(&self, o: Outbound) -> Result<(), QueueError> {
+        let cost = self.cost(&o);
+        let permit = self
+            .budget
+            .acquire_many(cost)
+            .await
+            .map_err(|_| QueueError::Closed)?;
+        self.tx
+            .send((o, cost))
+            .await
+            .map_err(|_| QueueError::Closed)?;
+        permit.forget();
+        Ok(())
+    }
+
+    /// True once the writer is gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+impl OutboundRx {
+    /// Receives up to `limit` frames into `out`; 0 when every sender is gone.
+    /// Their bytes return to the budget when [`OutboundRx::release`] is
+    /// called after writing.
+    pub async fn recv_many(&mut self, out: &mut Vec<(Outbound, u32)>, limit: usize) -> usize {
+        self.rx.recv_many(out, limit).await
+    }
+
+    /// Gives written frames' bytes back to the budget.
+    pub fn release(&self, cost: u32) {
+        self.budget.add_permits(cost as usize);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
+impl Drop for OutboundRx {
+    fn drop(&mut self) {
+        // Wakes senders waiting for bytes: the connection is gone.
+        self.budget.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: usize) -> Outbound {
+        Outbound::Frame(Bytes::from(vec![b'x'; n]))
+    }
+
+    #[tokio::test]
+    async fn bounded_in_bytes_and_frames() {
+        let (tx, mut rx) = queue(100, 1000);
+        tx.try_send(frame(600)).unwrap();
+        assert_eq!(tx.try_send(frame(600)), Err(QueueError::Full));
+        tx.try_send(frame(300)).unwrap();
+        let mut got = Vec::new();
+        assert_eq!(rx.recv_many(&mut got, 10).await, 2);
+        for (_, cost) in got.drain(..) {
+            rx.release(cost);
+        }
+        tx.try_send(frame(900)).unwrap();
+
+        let (tx, _rx) = queue(2, 1_000_000);
+        tx.try_send(frame(1)).unwrap();
+        tx.try_send(frame(1)).unwrap();
+        assert_eq!(tx.try_send(frame(1)), Err(QueueError::Full));
+    }
+
+    #[tokio::test]
+    async fn a_frame_larger_than_the_budget_takes_all_of_it() {
+        let (tx, mut rx) = queue(10, 100);
+        tx.try_send(frame(10_000)).unwrap();
+        assert_eq!(tx.try_send(frame(1)), Err(QueueError::Full));
+        let mut got = Vec::new();
+        rx.recv_many(&mut got, 10).await;
+        rx.release(got[0].1);
+        tx.try_send(frame(1)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn senders_waiting_for_room_learn_the_connection_closed() {
+        let (tx, rx) = queue(10, 10);
+        tx.try_send(frame(10)).unwrap();
+        let waiter = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(frame(5)).await }
+        });
+        tokio::task::yield_now().await;
+        drop(rx);
+        assert_eq!(waiter.await.unwrap(), Err(QueueError::Closed));
+    }
+}

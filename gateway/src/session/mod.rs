@@ -1,0 +1,450 @@
+//! One client WebSocket connection, as three tasks: a [`reader`] that only
+//! reads frames, the session loop here that owns the protocol state
+//! (subscriptions, identity, rate limit) and reacts to messages and topology
+//! reloads, and a [`writer`] that owns the socket's write half, fed by the
+//! connection's bounded [`crate::outbound`] queue.
+//!
+//! Invariant: nothing a client sends can make the node allocate without
+//! bound: messages are size-limited (fragments included), the outbound queue
+//! is bounded in frames and bytes (a slow reader is demoted to catch-up by
+//! the fan-out, and closed when it does not drain within the stall bound),
+//! requests are rate-limited, subscriptions are capped.
+
+mod reader;
+pub(crate) mod writer;
+
+use crate::auth::Identity;
+use crate::error::RequestError;
+use crate::metrics as m;
+use crate::outbound::{self, Outbound, OutboundTx};
+use crate::protocol::{self, ErrorCode, Protocol, Reply, Request};
+use crate::subscribe::Planner;
+use crate::subscription::{Positions, SubSpec};
+use crate::Node;
+use fastwebsockets::Role;
+use reader::{Inbound, ReaderLinks};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use writer::{WriterConfig, WriterLinks};
+
+const KEEPALIVE: Duration = Duration::from_secs(30);
+const IDLE_LIMIT: Duration = Duration::from_secs(75);
+/// Delay before re-resolving subscriptions again after the log failed.
+const RERESOLVE_RETRY: Duration = Duration::from_secs(2);
+
+/// Token bucket for client requests.
+#[derive(Debug)]
+struct RateLimit {
+    tokens: f64,
+    per_sec: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn new(per_sec: u32, burst: u32) -> Self {
+        RateLimit {
+            tokens: f64::from(burst),
+            per_sec: f64::from(per_sec),
+            burst: f64::from(burst),
+            last: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_sec)
+            .min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct ActiveSub {
+    id: u64,
+    channels: Vec<i64>,
+}
+
+struct Session {
+    node: Arc<Node>,
+    conn_id: String,
+    identity: Identity,
+    protocol: Protocol,
+    tx: OutboundTx,
+    connection: CancellationToken,
+    subs: HashMap<String, ActiveSub>,
+    rate: RateLimit,
+    expiry: watch::Sender<u64>,
+    /// Set when re-resolving hit an unavailable log: try again then.
+    reresolve_at: Option<tokio::time::Instant>,
+}
+
+/// Serves an upgraded connection until it ends.
+pub(crate) async fn run<S>(
+    io: S,
+    node: Arc<Node>,
+    identity: Identity,
+    protocol: Protocol,
+    drain: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn_id = uuid::Uuid::new_v4().simple().to_string();
+    let (r, w) = tokio::io::split(io);
+    let (mut ws_read, _) =
+        fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
+    ws_read.set_max_message_size(node.cfg.max_frame_bytes);
+    ws_read.set_auto_close(true);
+    ws_read.set_auto_pong(true);
+
+    let (tx, rx) = outbound::queue(node.cfg.outbound_queue.max(8), node.cfg.outbound_bytes);
+    let (expiry_tx, expiry_rx) = watch::channel(identity.exp);
+    let connection = CancellationToken::new();
+    let last_read = Arc::new(AtomicU64::new(0));
+    let epoch = Instant::now();
+    metrics::gauge!(m::CONNECTIONS).increment(1.0);
+    tracing::debug!(conn = %conn_id, user = %identity.user, "connected");
+
+    let writer = tokio::spawn(writer::run(
+        w,
+        WriterConfig {
+            protocol,
+            drain_window: node.cfg.drain,
+            keepalive: KEEPALIVE,
+            idle_limit: IDLE_LIMIT,
+            write_timeout: node.cfg.stall_timeout,
+        },
+        WriterLinks {
+            queue: rx,
+            expiry: expiry_rx,
+            drain,
+            connection: connection.clone(),
+            last_read: last_read.clone(),
+            epoch,
+        },
+    ));
+
+    let mut session = Session {
+        conn_id: conn_id.clone(),
+        identity,
+        protocol,
+        tx: tx.clone(),
+        connection: connection.clone(),
+        subs: HashMap::new(),
+        rate: RateLimit::new(node.cfg.rate_per_sec, node.cfg.rate_burst),
+        expiry: expiry_tx,
+        reresolve_at: None,
+        node,
+    };
+    let welcome = protocol::encode_reply(
+        protocol,
+        &Reply::Welcome {
+            connection_id: &session.conn_id,
+            user: &session.identity.user,
+        },
+    );
+    let _ = tx.send(Outbound::Frame(welcome)).await;
+
+    // The reader gets its own task: `read_frame` is not cancel-safe, so it
+    // is never raced against anything it must survive; the session loop
+    // below selects over its output and the topology's changes instead.
+    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(16);
+    let reader_task = tokio::spawn(reader::run(
+        ws_read,
+        ReaderLinks {
+            outbound: tx.clone(),
+            inbound: in_tx,
+            connection: connection.clone(),
+            last_read,
+            epoch,
+            max_message_bytes: session.node.cfg.max_frame_bytes,
+        },
+    ));
+    let mut topology_changes = session.node.topology.subscribe();
+    loop {
+        let retry = session.reresolve_at;
+        tokio::select! {
+            inbound = in_rx.recv() => match inbound {
+                // Boxed: the request paths (PostgreSQL, Redis) have large
+                // futures; kept out of line, an idle connection's task stays
+                // small.
+                Some(Inbound::Data(data)) => Box::pin(session.handle(&data)).await,
+                Some(Inbound::TooLarge) => {
+                    session.error(None, ErrorCode::TooLarge, "message exceeds the size limit").await;
+                    let _ = tx.send(Outbound::Close(1009, "message too large")).await;
+                    break;
+                }
+                None => break,
+            },
+            changed = topology_changes.changed() => {
+                if changed.is_ok() {
+                    Box::pin(session.reresolve()).await;
+                }
+            }
+            _ = sleep_until_opt(retry), if retry.is_some() => {
+                session.reresolve_at = None;
+                Box::pin(session.reresolve()).await;
+            }
+            _ = connection.cancelled() => break,
+        }
+    }
+    // Let the writer flush what is queued (an error, a close reply) before
+    // the socket goes; then stop it if the peer is gone.
+    let _ = tx.try_send(Outbound::Close(1000, "closing"));
+    session.close_all().await;
+    drop(session);
+    drop(tx);
+    let mut writer = writer;
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer)
+        .await
+        .is_err()
+    {
+        connection.cancel();
+        let _ = writer.await;
+    }
+    connection.cancel();
+    let _ = reader_task.await;
+    metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    fn planner(&self) -> Planner<'_> {
+        Planner {
+            log: &self.node.log,
+            topology: self.node.topology.current(),
+            lookback_tz: self.node.cfg.store.lookback_tz,
+        }
+    }
+
+    async fn send(&self, reply: Reply<'_>) {
+        let _ = self
+            .tx
+            .send(Outbound::Frame(protocol::encode_reply(
+                self.protocol,
+                &reply,
+            )))
+            .await;
+    }
+
+    async fn error(&self, id: Option<u64>, code: ErrorCode, message: &str) {
+        metrics::counter!(m::CLIENT_ERRORS, "code" => code.as_str()).increment(1);
+        self.send(Reply::Error { id, code, message }).await;
+    }
+
+    async fn refuse(&self, id: Option<u64>, what: &'static str, e: &RequestError) {
+        e.log(what);
+        self.error(id, e.code(), &e.to_string()).await;
+    }
+
+    async fn handle(&mut self, data: &[u8]) {
+        if !self.rate.allow() {
+            let id = protocol::parse(self.protocol, data)
+                .ok()
+                .map(|r| request_id(&r));
+            self.error(id, ErrorCode::RateLimited, "too many requests; slow down")
+                .await;
+            return;
+        }
+        let req = match protocol::parse(self.protocol, data) {
+            Ok(r) => r,
+            Err(bad) => {
+                self.error(bad.id, ErrorCode::BadRequest, &bad.message)
+                    .await;
+                return;
+            }
+        };
+        match req {
+            Request::Ping { id } => self.send(Reply::Pong { id }).await,
+            Request::Subscribe { id, topic, cursor } => self.subscribe(id, topic, cursor).await,
+            Request::Unsubscribe { id, topic } => {
+                if let Some(s) = self.subs.remove(&topic) {
+                    self.node.fanout.remove(&topic, s.id, false).await;
+                }
+                self.send(Reply::Unsubscribed { id, topic: &topic }).await;
+            }
+            Request::Publish {
+                id,
+                topic,
+                payload,
+                content_type,
+            } => match self
+                .node
+                .publishing()
+                .publish(&self.identity, &topic, payload, content_type)
+                .await
+            {
+                Ok(()) => self.send(Reply::Published { id }).await,
+                Err(e) => self.refuse(Some(id), "publish", &e).await,
+            },
+            Request::Refresh { id, token } => self.refresh(id, &token).await,
+        }
+    }
+
+    async fn subscribe(&mut self, id: u64, topic: String, cursor: Option<String>) {
+        if !self.subs.contains_key(&topic) && self.subs.len() >= self.node.cfg.max_subscriptions {
+            self.error(
+                Some(id),
+                ErrorCode::RateLimited,
+                "too many subscriptions on this connection",
+            )
+            .await;
+            return;
+        }
+        let plan = self
+            .planner()
+            .plan(&self.identity, &topic, cursor.as_deref(), None)
+            .await;
+        let plan = match plan {
+            Ok(p) => p,
+            Err(e) => {
+                self.refuse(Some(id), "subscribe", &e).await;
+                return;
+            }
+        };
+        if let Some(old) = self.subs.remove(&topic) {
+            self.node.fanout.remove(&topic, old.id, false).await;
+        }
+        self.send(Reply::Subscribed {
+            id,
+            topic: &topic,
+            recovered: plan.recovered,
+        })
+        .await;
+        self.start(topic, plan.channels, plan.positions).await;
+    }
+
+    async fn start(&mut self, topic: String, channels: Vec<i64>, positions: Positions) {
+        let sub_id = self.node.next_sub_id();
+        let spec = SubSpec {
+            id: sub_id,
+            user: self.identity.user.clone(),
+            topic: topic.clone(),
+            channels: channels.clone(),
+            protocol: self.protocol,
+            tx: self.tx.clone(),
+            cancel: CancellationToken::new(),
+            connection: self.connection.clone(),
+        };
+        self.subs.insert(
+            topic,
+            ActiveSub {
+                id: sub_id,
+                channels,
+            },
+        );
+        self.node.fanout.register(spec, positions).await;
+    }
+
+    async fn refresh(&mut self, id: u64, token: &str) {
+        let identity = match self.node.auth.verify(token) {
+            Ok(i) => i,
+            Err(e) => {
+                metrics::counter!(m::AUTH_FAILURES, "reason" => e.reason()).increment(1);
+                self.error(Some(id), ErrorCode::Unauthorized, &e.to_string())
+                    .await;
+                return;
+            }
+        };
+        if identity.user != self.identity.user {
+            self.error(
+                Some(id),
+                ErrorCode::Forbidden,
+                "a refreshed token must be for the same user",
+            )
+            .await;
+            return;
+        }
+        self.identity = identity;
+        let _ = self.expiry.send(self.identity.exp);
+        self.reresolve().await;
+        self.send(Reply::Refreshed { id }).await;
+    }
+
+    /// Re-resolves every subscription against the current entitlements and
+    /// topology: channels kept continue from their positions, new ones start
+    /// at their lookback window, revoked ones stop at once. When the log is
+    /// unavailable the subscription keeps running as it was and the
+    /// re-resolution is retried shortly.
+    async fn reresolve(&mut self) {
+        let topics: Vec<String> = self.subs.keys().cloned().collect();
+        for topic in topics {
+            let Some(current) = self.subs.get(&topic) else {
+                continue;
+            };
+            let old_id = current.id;
+            let old_channels = current.channels.clone();
+            // Unchanged channels need no work (the common case on reload).
+            match self.planner().channel_ids(&self.identity, &topic).await {
+                Ok(ids) if ids == old_channels => continue,
+                Err(e @ RequestError::Log(_)) => {
+                    e.log("re-resolve");
+                    self.retry_reresolve();
+                    continue;
+                }
+                _ => {}
+            }
+            let positions = self.node.fanout.remove(&topic, old_id, true).await;
+            self.subs.remove(&topic);
+            let plan = self
+                .planner()
+                .plan(&self.identity, &topic, None, positions.as_deref())
+                .await;
+            match plan {
+                Ok(plan) => {
+                    tracing::debug!(topic, "subscription re-resolved");
+                    self.start(topic, plan.channels, plan.positions).await;
+                }
+                Err(e @ RequestError::Log(_)) => {
+                    // Keep delivering what the subscription had; try again.
+                    e.log("re-resolve");
+                    let positions = positions.unwrap_or_default();
+                    self.start(topic, old_channels, positions).await;
+                    self.retry_reresolve();
+                }
+                Err(e) => {
+                    let message = format!("subscription to {topic} ended: {e}");
+                    self.error(None, e.code(), &message).await;
+                }
+            }
+        }
+    }
+
+    fn retry_reresolve(&mut self) {
+        if self.reresolve_at.is_none() {
+            self.reresolve_at = Some(tokio::time::Instant::now() + RERESOLVE_RETRY);
+        }
+    }
+
+    async fn close_all(&mut self) {
+        for (topic, s) in self.subs.drain() {
+            self.node.fanout.remove(&topic, s.id, false).await;
+        }
+    }
+}
+
+fn request_id(r: &Request) -> u64 {
+    match r {
+        Request::Subscribe { id, .. }
+        | Request::Unsubscribe { id, .. }
+        | Request::Publish { id, .. }
+        | Request::Ping { id }
+        | Request::Refresh { id, .. } => *id,
+    }
+}

@@ -1,0 +1,209 @@
+//! Clients that stop reading, and what the node does about them: they hold
+//! no catch-up permit while blocked, they are closed after the stall bound,
+//! and long-polls are woken only by their own channels. Every test starts its
+//! own stack (fresh database, topics, Redis prefix, ports).
+
+#![allow(clippy::unwrap_used)]
+
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use switchyard_testkit::{http_get, news, now_ms, token, Client, Stack, StackOptions};
+
+const T: Duration = Duration::from_secs(20);
+
+/// A news event for product `Sfc` with a payload of about `size` bytes.
+fn big_news(id: &str, n: u64, size: usize) -> Value {
+    json!({
+        "id": id,
+        "topic": "News",
+        "scopes": [{"type": "Product Codes", "values": ["Sfc"]}],
+        "payload": {"n": n, "pad": "x".repeat(size)},
+        "created_at_ms": now_ms()
+    })
+}
+
+async fn stack(env: &[(&str, &str)]) -> Stack {
+    switchyard_testkit::require_servers();
+    Stack::start(StackOptions {
+        gateways: 1,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Produces `first` (read by a client to get a cursor), then a backlog of
+/// `n` events of `size` bytes, and waits until the log holds them all.
+/// Returns the cursor after `first`.
+async fn backlog(s: &Stack, n: u64, size: usize) -> String {
+    let mut warm = Client::connect(&s.gateway(0).ws_url(), &token("warm", &["Sfc"], &[], 600))
+        .await
+        .unwrap();
+    warm.subscribe("News", None).await.unwrap();
+    s.produce(&[news("first", &["Sfc"], 0)]).await.unwrap();
+    let first = warm.messages(1, T).await.unwrap();
+    let cursor = first[0]["cursor"].as_str().unwrap().to_owned();
+    warm.close().await;
+    for chunk in (1..=n).collect::<Vec<_>>().chunks(200) {
+        let events: Vec<Value> = chunk
+            .iter()
+            .map(|i| big_news(&format!("b{i}"), *i, size))
+            .collect();
+        s.produce(&events).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while s.stored_events().await.unwrap() < n as i64 + 1 {
+        assert!(Instant::now() < deadline, "backlog not stored in time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cursor
+}
+
+fn metric(s: &Stack, name: &str) -> f64 {
+    let (_, text) = http_get(s.gateway(0).admin, "/metrics").unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// 40 clients that subscribe with an old cursor over a large backlog and
+/// then stop reading do not delay another client's catch-up: catch-up
+/// permits cover only the reads of pages, not the wait for a client's queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_readers_do_not_delay_another_clients_catch_up() {
+    let s = stack(&[
+        ("SWITCHYARD_CATCHUP_CONCURRENCY", "4"),
+        ("SWITCHYARD_REPLAY_PAGE", "50"),
+        ("SWITCHYARD_OUTBOUND_QUEUE", "16"),
+        // Longer than the test: the stalled clients stay connected.
+        ("SWITCHYARD_CLIENT_STALL_MS", "600000"),
+    ])
+    .await;
+    let n = 1500;
+    let cursor = backlog(&s, n, 16 * 1024).await;
+    let mut stalled = Vec::new();
+    for i in 0..40 {
+        let mut c = Client::connect(
+            &s.gateway(0).ws_url(),
+            &token(&format!("stalled{i}"), &["Sfc"], &[], 600),
+        )
+        .await
+        .unwrap();
+        let r = c.subscribe("News", Some(&cursor)).await.unwrap();
+        assert_eq!(r["recovered"], true, "{r}");
+        // Never read again.
+        stalled.push(c);
+    }
+    // Let the stalled clients fill their socket buffers and queues.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let started = Instant::now();
+    let mut c = Client::connect(&s.gateway(0).ws_url(), &token("reader", &["Sfc"], &[], 600))
+        .await
+        .unwrap();
+    let r = c.subscribe("News", Some(&cursor)).await.unwrap();
+    assert_eq!(r["recovered"], true, "{r}");
+    let msgs = c
+        .messages(n as usize, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let ns: Vec<u64> = msgs
+        .iter()
+        .map(|m| m["payload"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, (1..=n).collect::<Vec<_>>(), "complete and in order");
+    let took = started.elapsed();
+    eprintln!("catch-up of {n} events beside 40 stalled readers took {took:?}");
+    assert!(took < Duration::from_secs(45), "took {took:?}");
+    drop(stalled);
+}
+
+/// A client that stops reading while its socket and queue are full is
+/// closed within the stall bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_within_the_bound() {
+    let s = stack(&[
+        ("SWITCHYARD_REPLAY_PAGE", "50"),
+        ("SWITCHYARD_OUTBOUND_QUEUE", "16"),
+        ("SWITCHYARD_CLIENT_STALL_MS", "2000"),
+    ])
+    .await;
+    let n = 1500;
+    let cursor = backlog(&s, n, 16 * 1024).await;
+    let mut c = Client::connect(&s.gateway(0).ws_url(), &token("stuck", &["Sfc"], &[], 600))
+        .await
+        .unwrap();
+    c.subscribe("News", Some(&cursor)).await.unwrap();
+    // Stop reading; the server must give up on us within ~2 s of the queue
+    // filling.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&s, "switchyard_gateway_stalled_client_closes_total") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled client was not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Reading now drains what was buffered, then the connection ends.
+    let mut got = 0usize;
+    loop {
+        match c.next_frame(T).await {
+            Ok(v) if v["type"] == "message" => got += 1,
+            Ok(v) if v["type"] == "__close" => break,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(
+        got < n as usize,
+        "the connection ended before the backlog ({got} of {n})"
+    );
+}
+
+/// A long-poll waiting on one topic is not woken by another topic's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_is_woken_only_by_its_own_channels() {
+    let s = stack(&[]).await;
+    let tok = token("poller", &["Sfc"], &[], 600);
+    let addr = s.gateway(0).listen;
+    // A first poll returns at once with the (empty) position to wait from.
+    let (code, body) = http_get(
+        addr,
+        &format!("/v1/poll?topic=News&timeout_ms=0&access_token={tok}"),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let cursor = v["cursor"].as_str().unwrap().to_owned();
+    let path = format!("/v1/poll?topic=News&timeout_ms=4000&access_token={tok}&cursor={cursor}");
+    let poll = tokio::task::spawn_blocking(move || http_get(addr, &path).unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let others: Vec<Value> = (0..20)
+        .map(|i| {
+            json!({"id": format!("sv{i}"), "topic": "SiteVisits", "scopes": [],
+                   "payload": {"n": i}, "created_at_ms": now_ms()})
+        })
+        .collect();
+    s.produce(&others).await.unwrap();
+    let (code, body) = poll.await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["messages"].as_array().unwrap().len(), 0, "{body}");
+    assert_eq!(
+        metric(&s, "switchyard_gateway_poll_wakeups_total"),
+        0.0,
+        "SiteVisits events woke a poll on News"
+    );
+    // Its own topic does wake it.
+    let path = format!("/v1/poll?topic=News&timeout_ms=10000&access_token={tok}&cursor={cursor}");
+    let poll = tokio::task::spawn_blocking(move || http_get(addr, &path).unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.produce(&[news("mine", &["Sfc"], 1)]).await.unwrap();
+    let (_, body) = poll.await.unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["messages"][0]["id"], "mine", "{body}");
+}
