@@ -1,6 +1,8 @@
 //! JWT authentication of clients: HS256 with a shared secret, RS256 / ES256
-//! with a PEM public key. Claims: `sub` (required), `exp` (required),
+//! with a PEM public key. Claims: `sub` (required), `exp` (required), `nbf`
+//! (checked when present), `iss` and `aud` (required when configured),
 //! `tenant`, `products` ("Product Codes"), `features` ("Feature Names").
+//! `exp` and `nbf` tolerate [`DEFAULT_LEEWAY_SECS`] of clock skew.
 //!
 //! Invariant: the algorithm is never taken from the token alone: a token is
 //! checked only with a key configured for exactly its `alg`, so `alg: none`
@@ -13,6 +15,9 @@ use switchyard_channels::Entitlements;
 
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 8192;
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds, unless configured.
+pub const DEFAULT_LEEWAY_SECS: u64 = 30;
 
 /// Who a connection is.
 #[derive(Debug, Clone)]
@@ -36,6 +41,8 @@ pub enum AuthError {
     Algorithm(String),
     #[error("token has expired")]
     Expired,
+    #[error("token is not valid yet (nbf is in the future)")]
+    NotYetValid,
     #[error("token signature is invalid")]
     Signature,
     #[error("token claims are invalid: {0}")]
@@ -50,6 +57,7 @@ impl AuthError {
             AuthError::Malformed(_) => "malformed",
             AuthError::Algorithm(_) => "algorithm",
             AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
             AuthError::Signature => "signature",
             AuthError::Claims(_) => "claims",
         }
@@ -74,6 +82,8 @@ pub struct Authenticator {
     keys: Arc<Vec<(Algorithm, DecodingKey)>>,
     issuer: Option<String>,
     audience: Option<String>,
+    /// Seconds of clock skew tolerated on `exp` and `nbf`.
+    leeway: u64,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -116,7 +126,15 @@ impl Authenticator {
             keys: Arc::new(keys),
             issuer,
             audience,
+            leeway: DEFAULT_LEEWAY_SECS,
         })
+    }
+
+    /// Tolerates `secs` seconds of clock skew on `exp` and `nbf` instead of
+    /// [`DEFAULT_LEEWAY_SECS`].
+    pub fn with_leeway(mut self, secs: u64) -> Self {
+        self.leeway = secs;
+        self
     }
 
     /// Verifies `token` and returns the identity it carries.
@@ -136,20 +154,31 @@ impl Authenticator {
             return Err(AuthError::Algorithm(format!("{:?}", header.alg)));
         };
         let mut v = Validation::new(*alg);
-        v.set_required_spec_claims(&["exp", "sub"]);
-        v.leeway = 5;
+        // jsonwebtoken checks `iss`/`aud` only when the token carries them;
+        // a configured issuer or audience must be present, so it is required.
+        let mut required = vec!["exp", "sub"];
         match &self.issuer {
-            Some(i) => v.set_issuer(&[i]),
+            Some(i) => {
+                v.set_issuer(&[i]);
+                required.push("iss");
+            }
             None => v.iss = None,
         }
         match &self.audience {
-            Some(a) => v.set_audience(&[a]),
+            Some(a) => {
+                v.set_audience(&[a]);
+                required.push("aud");
+            }
             None => v.validate_aud = false,
         }
+        v.set_required_spec_claims(&required);
+        v.validate_nbf = true;
+        v.leeway = self.leeway;
         let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             match e.kind() {
                 K::ExpiredSignature => AuthError::Expired,
+                K::ImmatureSignature => AuthError::NotYetValid,
                 K::InvalidSignature => AuthError::Signature,
                 K::InvalidIssuer | K::InvalidAudience | K::MissingRequiredClaim(_) | K::Json(_) => {
                     AuthError::Claims(e.to_string())
@@ -250,6 +279,62 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(a.verify(&hs384), Err(AuthError::Algorithm(_))));
+    }
+
+    #[test]
+    fn issuer_and_audience_are_required_when_configured() {
+        let a =
+            Authenticator::new(Some(SECRET), None, Some("iss".into()), Some("aud".into())).unwrap();
+        let no_iss = token(
+            serde_json::json!({"sub":"u","exp":now()+60,"aud":"aud"}),
+            SECRET,
+        );
+        assert!(
+            matches!(a.verify(&no_iss), Err(AuthError::Claims(_))),
+            "a token without iss passes a gateway with SWITCHYARD_JWT_ISSUER"
+        );
+        let no_aud = token(
+            serde_json::json!({"sub":"u","exp":now()+60,"iss":"iss"}),
+            SECRET,
+        );
+        assert!(
+            matches!(a.verify(&no_aud), Err(AuthError::Claims(_))),
+            "a token without aud passes a gateway with SWITCHYARD_JWT_AUDIENCE"
+        );
+        // Without configuration neither claim is needed, and any value passes.
+        let open = auth();
+        let bare = token(serde_json::json!({"sub":"u","exp":now()+60}), SECRET);
+        assert!(open.verify(&bare).is_ok());
+        let other = token(
+            serde_json::json!({"sub":"u","exp":now()+60,"iss":"x","aud":"y"}),
+            SECRET,
+        );
+        assert!(open.verify(&other).is_ok());
+    }
+
+    #[test]
+    fn not_before_is_checked_with_the_leeway() {
+        let a = auth();
+        let later = token(
+            serde_json::json!({"sub":"u","exp":now()+600,"nbf":now()+120}),
+            SECRET,
+        );
+        assert!(
+            matches!(a.verify(&later), Err(AuthError::NotYetValid)),
+            "{:?}",
+            a.verify(&later)
+        );
+        // A clock a little behind the issuer's is tolerated.
+        let skewed = token(
+            serde_json::json!({"sub":"u","exp":now()+600,"nbf":now()+DEFAULT_LEEWAY_SECS/2}),
+            SECRET,
+        );
+        assert!(a.verify(&skewed).is_ok());
+        let past = token(
+            serde_json::json!({"sub":"u","exp":now()+600,"nbf":now()-10}),
+            SECRET,
+        );
+        assert!(a.verify(&past).is_ok());
     }
 
     #[test]
