@@ -337,6 +337,60 @@ mod tests {
         assert!(a.verify(&past).is_ok());
     }
 
+    const RS256_A_KEY: &str = include_str!("../tests/fixtures/jwt/rs256-a.key.pem");
+    const RS256_A_PUB: &str = include_str!("../tests/fixtures/jwt/rs256-a.pub.pem");
+    const RS256_B_KEY: &str = include_str!("../tests/fixtures/jwt/rs256-b.key.pem");
+    const ES256_C_KEY: &str = include_str!("../tests/fixtures/jwt/es256-c.key.pem");
+    const ES256_C_PUB: &str = include_str!("../tests/fixtures/jwt/es256-c.pub.pem");
+
+    fn signed(alg: Algorithm, kid: Option<&str>, key: &EncodingKey) -> String {
+        let mut h = Header::new(alg);
+        h.kid = kid.map(str::to_owned);
+        encode(
+            &h,
+            &serde_json::json!({"sub":"u-pk","exp":now()+60}),
+            key,
+        )
+        .unwrap()
+    }
+
+    fn rsa(pem: &str) -> EncodingKey {
+        EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap()
+    }
+
+    fn ec(pem: &str) -> EncodingKey {
+        EncodingKey::from_ec_pem(pem.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn rs256_with_a_pem_public_key() {
+        let a = Authenticator::new(None, Some(RS256_A_PUB), None, None).unwrap();
+        let good = signed(Algorithm::RS256, None, &rsa(RS256_A_KEY));
+        assert_eq!(&*a.verify(&good).unwrap().user, "u-pk");
+        let other_key = signed(Algorithm::RS256, None, &rsa(RS256_B_KEY));
+        assert!(matches!(a.verify(&other_key), Err(AuthError::Signature)));
+        let es = signed(Algorithm::ES256, None, &ec(ES256_C_KEY));
+        assert!(matches!(a.verify(&es), Err(AuthError::Algorithm(_))));
+        // The public key used as an HS256 secret (algorithm confusion).
+        let confused = token(serde_json::json!({"sub":"u","exp":now()+60}), RS256_A_PUB);
+        assert!(matches!(a.verify(&confused), Err(AuthError::Algorithm(_))));
+    }
+
+    #[test]
+    fn es256_with_a_pem_public_key() {
+        let a = Authenticator::new(None, Some(ES256_C_PUB), None, None).unwrap();
+        let good = signed(Algorithm::ES256, None, &ec(ES256_C_KEY));
+        assert_eq!(&*a.verify(&good).unwrap().user, "u-pk");
+        let rs = signed(Algorithm::RS256, None, &rsa(RS256_A_KEY));
+        assert!(matches!(a.verify(&rs), Err(AuthError::Algorithm(_))));
+        // A tampered signature is refused.
+        let mut forged = good.clone();
+        let sig_start = forged.rfind('.').unwrap() + 1;
+        let flipped = if forged.as_bytes()[sig_start] == b'A' { "B" } else { "A" };
+        forged.replace_range(sig_start..sig_start + 1, flipped);
+        assert!(a.verify(&forged).is_err());
+    }
+
     #[test]
     fn issuer_and_audience_are_checked_when_set() {
         let a =
