@@ -16,6 +16,10 @@ use switchyard_channels::Entitlements;
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 8192;
 
+/// Shortest HS256 secret accepted: RFC 7518 §3.2 asks for a key at least as
+/// long as the hash output (256 bits).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
 /// Clock skew tolerated on `exp` and `nbf`, in seconds, unless configured.
 pub const DEFAULT_LEEWAY_SECS: u64 = 30;
 
@@ -105,6 +109,11 @@ impl Authenticator {
     ) -> Result<Self, String> {
         let mut keys = Vec::new();
         if let Some(s) = hs256_secret {
+            if s.len() < MIN_HS256_SECRET_BYTES {
+                return Err(format!(
+                    "SWITCHYARD_JWT_HS256_SECRET must be at least {MIN_HS256_SECRET_BYTES} bytes"
+                ));
+            }
             keys.push((Algorithm::HS256, DecodingKey::from_secret(s.as_bytes())));
         }
         if let Some(pem) = public_key_pem {
@@ -389,6 +398,13 @@ mod tests {
         let flipped = if forged.as_bytes()[sig_start] == b'A' { "B" } else { "A" };
         forged.replace_range(sig_start..sig_start + 1, flipped);
         assert!(a.verify(&forged).is_err());
+    }
+
+    #[test]
+    fn short_hs256_secrets_are_refused() {
+        let e = Authenticator::new(Some(&SECRET[..31]), None, None, None).unwrap_err();
+        assert!(e.contains("SWITCHYARD_JWT_HS256_SECRET"), "{e}");
+        assert!(Authenticator::new(Some(SECRET), None, None, None).is_ok());
     }
 
     #[test]

@@ -66,11 +66,14 @@ impl GatewayConfig {
             });
         }
         if let Some(secret) = &jwt_hs256_secret {
-            if secret.len() < 16 {
+            if secret.len() < crate::auth::MIN_HS256_SECRET_BYTES {
                 return Err(ConfigError::Invalid {
                     var: "SWITCHYARD_JWT_HS256_SECRET".into(),
                     value: "<hidden>".into(),
-                    reason: "use at least 16 bytes of secret".into(),
+                    reason: format!(
+                        "use at least {} bytes of secret (e.g. `openssl rand -hex 32`)",
+                        crate::auth::MIN_HS256_SECRET_BYTES
+                    ),
                 });
             }
         }
@@ -110,7 +113,7 @@ mod tests {
             ("SWITCHYARD_POSTGRES_URL", "postgres://x"),
             ("SWITCHYARD_REDIS_URL", "redis://x"),
             ("SWITCHYARD_TOPOLOGY", "/t.json"),
-            ("SWITCHYARD_JWT_HS256_SECRET", "0123456789abcdef0123"),
+            ("SWITCHYARD_JWT_HS256_SECRET", "0123456789abcdef0123456789abcdef"),
         ]
     }
 
@@ -131,5 +134,15 @@ mod tests {
         v.push(("SWITCHYARD_JWT_PUBLIC_KEY", "/nonexistent/key.pem"));
         let e = GatewayConfig::from_source(&Source::from_map(v)).unwrap_err();
         assert!(e.to_string().contains("SWITCHYARD_JWT_PUBLIC_KEY"), "{e}");
+    }
+
+    #[test]
+    fn hs256_secret_needs_32_bytes() {
+        let mut v = base();
+        v.retain(|(k, _)| *k != "SWITCHYARD_JWT_HS256_SECRET");
+        v.push(("SWITCHYARD_JWT_HS256_SECRET", "0123456789abcdef0123456789abcde"));
+        let e = GatewayConfig::from_source(&Source::from_map(v)).unwrap_err();
+        assert!(e.to_string().contains("SWITCHYARD_JWT_HS256_SECRET"), "{e}");
+        assert!(!e.to_string().contains("0123456789"), "the secret leaks: {e}");
     }
 }
