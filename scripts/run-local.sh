@@ -21,7 +21,7 @@ export SWITCHYARD_POSTGRES_URL=${SWITCHYARD_POSTGRES_URL:-postgres://postgres@12
 export SWITCHYARD_REDIS_URL=${SWITCHYARD_REDIS_URL:-redis://127.0.0.1:6379}
 export SWITCHYARD_TOPOLOGY=${SWITCHYARD_TOPOLOGY:-$PWD/deploy/topology.example.json}
 export SWITCHYARD_KAFKA_BROKERS=${SWITCHYARD_KAFKA_BROKERS:-127.0.0.1:9092}
-export SWITCHYARD_JWT_HS256_SECRET=${SWITCHYARD_JWT_HS256_SECRET:-local-demo-secret-0123456789}
+export SWITCHYARD_JWT_HS256_SECRET=${SWITCHYARD_JWT_HS256_SECRET:-local-demo-secret-0123456789abcdef}
 
 psql postgres://postgres@127.0.0.1:5432/postgres -qtc "SELECT 1 FROM pg_database WHERE datname='switchyard'" | grep -q 1 \
   || psql postgres://postgres@127.0.0.1:5432/postgres -qc "CREATE DATABASE switchyard"

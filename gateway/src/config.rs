@@ -9,6 +9,8 @@ use std::time::Duration;
 use switchyard_cursorlog::config::StoreConfig;
 use switchyard_ops::config::{ConfigError, Source};
 
+use crate::auth::jwks::JwksSource;
+
 /// Typed gateway configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -20,6 +22,13 @@ pub struct GatewayConfig {
     pub jwt_public_key_pem: Option<String>,
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
+    /// Where RS256/ES256 keys are published as a JWKS (file or http(s)
+    /// URL), selected by `kid`.
+    pub jwt_jwks: Option<JwksSource>,
+    /// How often the JWKS is re-read.
+    pub jwt_jwks_refresh: Duration,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub jwt_leeway_secs: u64,
     /// Allowed `Origin` values for browser clients; empty = any.
     pub allowed_origins: Vec<String>,
     /// Largest client frame accepted, in bytes.
@@ -72,19 +81,55 @@ impl GatewayConfig {
                 )
             }
         };
-        if jwt_hs256_secret.is_none() && jwt_public_key_pem.is_none() {
+        let jwt_jwks = match s.get("SWITCHYARD_JWT_JWKS") {
+            None => None,
+            Some(v) => Some(
+                v.parse::<JwksSource>()
+                    .map_err(|reason| ConfigError::Invalid {
+                        var: "SWITCHYARD_JWT_JWKS".into(),
+                        value: v.to_owned(),
+                        reason,
+                    })?,
+            ),
+        };
+        if jwt_hs256_secret.is_none() && jwt_public_key_pem.is_none() && jwt_jwks.is_none() {
             return Err(ConfigError::Missing {
-                var: "SWITCHYARD_JWT_HS256_SECRET or SWITCHYARD_JWT_PUBLIC_KEY".into(),
-                hint: "set a shared HS256 secret, or a PEM public key (RS256/ES256) or its path"
+                var:
+                    "SWITCHYARD_JWT_HS256_SECRET, SWITCHYARD_JWT_PUBLIC_KEY or SWITCHYARD_JWT_JWKS"
+                        .into(),
+                hint: "set a shared HS256 secret, a PEM public key (RS256/ES256) or its path, \
+                       or a JWKS file or URL"
                     .into(),
             });
         }
+        let jwt_jwks_refresh = s.parse_or("SWITCHYARD_JWT_JWKS_REFRESH_SECONDS", 300u64)?;
+        if !(1..=86_400).contains(&jwt_jwks_refresh) {
+            return Err(ConfigError::Invalid {
+                var: "SWITCHYARD_JWT_JWKS_REFRESH_SECONDS".into(),
+                value: jwt_jwks_refresh.to_string(),
+                reason: "use 1 to 86400 seconds".into(),
+            });
+        }
+        let jwt_leeway_secs = s.parse_or(
+            "SWITCHYARD_JWT_LEEWAY_SECONDS",
+            crate::auth::DEFAULT_LEEWAY_SECS,
+        )?;
+        if jwt_leeway_secs > 300 {
+            return Err(ConfigError::Invalid {
+                var: "SWITCHYARD_JWT_LEEWAY_SECONDS".into(),
+                value: jwt_leeway_secs.to_string(),
+                reason: "use at most 300 seconds; a larger skew is a clock to fix".into(),
+            });
+        }
         if let Some(secret) = &jwt_hs256_secret {
-            if secret.len() < 16 {
+            if secret.len() < crate::auth::MIN_HS256_SECRET_BYTES {
                 return Err(ConfigError::Invalid {
                     var: "SWITCHYARD_JWT_HS256_SECRET".into(),
                     value: "<hidden>".into(),
-                    reason: "use at least 16 bytes of secret".into(),
+                    reason: format!(
+                        "use at least {} bytes of secret (e.g. `openssl rand -hex 32`)",
+                        crate::auth::MIN_HS256_SECRET_BYTES
+                    ),
                 });
             }
         }
@@ -100,6 +145,9 @@ impl GatewayConfig {
             jwt_public_key_pem,
             jwt_issuer: s.get("SWITCHYARD_JWT_ISSUER").map(str::to_owned),
             jwt_audience: s.get("SWITCHYARD_JWT_AUDIENCE").map(str::to_owned),
+            jwt_jwks,
+            jwt_jwks_refresh: Duration::from_secs(jwt_jwks_refresh),
+            jwt_leeway_secs,
             allowed_origins: s.list_or("SWITCHYARD_ALLOWED_ORIGINS", ""),
             max_frame_bytes: s.parse_or("SWITCHYARD_MAX_FRAME_BYTES", 64 * 1024)?,
             outbound_queue: s.parse_or("SWITCHYARD_OUTBOUND_QUEUE", 1024)?,
@@ -130,7 +178,10 @@ mod tests {
             ("SWITCHYARD_POSTGRES_URL", "postgres://x"),
             ("SWITCHYARD_REDIS_URL", "redis://x"),
             ("SWITCHYARD_TOPOLOGY", "/t.json"),
-            ("SWITCHYARD_JWT_HS256_SECRET", "0123456789abcdef0123"),
+            (
+                "SWITCHYARD_JWT_HS256_SECRET",
+                "0123456789abcdef0123456789abcdef",
+            ),
         ]
     }
 
@@ -151,5 +202,55 @@ mod tests {
         v.push(("SWITCHYARD_JWT_PUBLIC_KEY", "/nonexistent/key.pem"));
         let e = GatewayConfig::from_source(&Source::from_map(v)).unwrap_err();
         assert!(e.to_string().contains("SWITCHYARD_JWT_PUBLIC_KEY"), "{e}");
+    }
+
+    #[test]
+    fn hs256_secret_needs_32_bytes() {
+        let mut v = base();
+        v.retain(|(k, _)| *k != "SWITCHYARD_JWT_HS256_SECRET");
+        v.push((
+            "SWITCHYARD_JWT_HS256_SECRET",
+            "0123456789abcdef0123456789abcde",
+        ));
+        let e = GatewayConfig::from_source(&Source::from_map(v)).unwrap_err();
+        assert!(e.to_string().contains("SWITCHYARD_JWT_HS256_SECRET"), "{e}");
+        assert!(
+            !e.to_string().contains("0123456789"),
+            "the secret leaks: {e}"
+        );
+    }
+
+    #[test]
+    fn jwt_settings() {
+        let c = GatewayConfig::from_source(&Source::from_map(base())).unwrap();
+        assert_eq!(c.jwt_jwks, None);
+        assert_eq!(c.jwt_jwks_refresh, Duration::from_secs(300));
+        assert_eq!(c.jwt_leeway_secs, 30);
+
+        // A JWKS alone is enough.
+        let mut v = base();
+        v.retain(|(k, _)| *k != "SWITCHYARD_JWT_HS256_SECRET");
+        v.push((
+            "SWITCHYARD_JWT_JWKS",
+            "https://idp.example/.well-known/jwks.json",
+        ));
+        v.push(("SWITCHYARD_JWT_JWKS_REFRESH_SECONDS", "60"));
+        v.push(("SWITCHYARD_JWT_LEEWAY_SECONDS", "5"));
+        let c = GatewayConfig::from_source(&Source::from_map(v)).unwrap();
+        assert!(matches!(c.jwt_jwks, Some(JwksSource::Url(_))));
+        assert_eq!(c.jwt_jwks_refresh, Duration::from_secs(60));
+        assert_eq!(c.jwt_leeway_secs, 5);
+
+        for (var, value) in [
+            ("SWITCHYARD_JWT_JWKS", "ftp://idp.example/jwks"),
+            ("SWITCHYARD_JWT_JWKS_REFRESH_SECONDS", "0"),
+            ("SWITCHYARD_JWT_JWKS_REFRESH_SECONDS", "soon"),
+            ("SWITCHYARD_JWT_LEEWAY_SECONDS", "3600"),
+        ] {
+            let mut v = base();
+            v.push((var, value));
+            let e = GatewayConfig::from_source(&Source::from_map(v)).unwrap_err();
+            assert!(e.to_string().contains(var), "{var}={value}: {e}");
+        }
     }
 }
