@@ -187,13 +187,9 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
     let topology = Topology::load(&cfg.topology)
         .with_context(|| format!("SWITCHYARD_TOPOLOGY={}", cfg.topology.display()))?;
     let topology = TopologyHandle::new(topology);
-    let auth = auth::Authenticator::new(
-        cfg.jwt_hs256_secret.as_deref(),
-        cfg.jwt_public_key_pem.as_deref(),
-        cfg.jwt_issuer.clone(),
-        cfg.jwt_audience.clone(),
-    )
-    .map_err(anyhow::Error::msg)?;
+    let auth = auth::Authenticator::from_config(&cfg)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let (log, publisher) = cfg.store.connect().await?;
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -236,6 +232,7 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
     let first = node.check_readiness().await;
     *node.readiness.write().unwrap_or_else(|p| p.into_inner()) = first;
     tasks.spawn(node.clone().refresh_readiness(background.clone()));
+    tasks.spawn(node.auth.clone().run_refresh(background.clone()));
     tasks.spawn(livefeed::run(
         cfg.store.redis_url.clone(),
         switchyard_cursorlog::live::live_pattern(&cfg.store.redis_prefix),
