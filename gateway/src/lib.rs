@@ -105,6 +105,11 @@ impl Node {
         }
     }
 
+    /// The window over which a draining node closes its connections.
+    pub fn drain_window(&self) -> Duration {
+        self.cfg.drain
+    }
+
     /// Whether the node takes clients, with the reason (admin port only).
     pub fn readiness(&self) -> Result<&'static str, String> {
         if self.draining.load(Ordering::Relaxed) {
@@ -282,9 +287,10 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
 }
 
 impl Running {
-    /// Drains: stop accepting, tell every client to reconnect elsewhere
-    /// (spread over the drain window) and close with 1001, wait for sessions
-    /// to end (at most `grace`), then cancel every background task and wait
+    /// Drains: stop accepting, close every client connection at a random
+    /// point of the drain window (`reconnect`, then close 1001), wait for
+    /// sessions to end (at most `grace`), then cancel every background task
+    /// and wait
     /// for them (at most `grace` again). Sessions and tasks still running at
     /// their deadline are aborted by the runtime when the process exits; the
     /// report counts them.

@@ -34,7 +34,10 @@ async fn main() -> ExitCode {
         }
     };
     switchyard_ops::shutdown::signal().await;
-    let report = running.shutdown(Duration::from_secs(10)).await;
+    // Connections close spread over the drain window; a few seconds more
+    // for the last close frames to go out.
+    let grace = running.node.drain_window() + Duration::from_secs(5);
+    let report = running.shutdown(grace).await;
     if report.tasks_left > 0 {
         eprintln!(
             "switchyard-gateway: {} background tasks did not stop in time",

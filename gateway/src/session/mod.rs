@@ -191,7 +191,7 @@ pub(crate) async fn run<S>(
                     Box::pin(session.reresolve()).await;
                 }
             }
-            _ = sleep_until_opt(retry), if retry.is_some() => {
+            _ = writer::sleep_until_opt(retry), if retry.is_some() => {
                 session.reresolve_at = None;
                 Box::pin(session.reresolve()).await;
             }
@@ -215,13 +215,6 @@ pub(crate) async fn run<S>(
     connection.cancel();
     let _ = reader_task.await;
     metrics::gauge!(m::CONNECTIONS).decrement(1.0);
-}
-
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 impl Session {

@@ -1,8 +1,9 @@
 //! A connection's writer task: owns the socket's write half, batches what
 //! the outbound queue holds into one write, and is the only place that ends
 //! a connection on the server's initiative (token expiry: close 4001; drain:
-//! `reconnect` then close 1001; dead peer: keepalive timeout; a socket that
-//! accepts no bytes for the write timeout).
+//! at a random point of the drain window, `reconnect` then close 1001; dead
+//! peer: keepalive timeout; a socket that accepts no bytes for the write
+//! timeout).
 //!
 //! Invariant: every write is bounded in time, so the keepalive, idle and
 //! expiry checks always run, and a client that stops reading is closed
@@ -74,6 +75,13 @@ fn until(exp: u64) -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(left)
 }
 
+pub(crate) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 pub(crate) async fn run<W>(mut w: W, cfg: WriterConfig, links: WriterLinks)
 where
     W: AsyncWrite + Unpin,
@@ -107,6 +115,7 @@ where
     tokio::pin!(token_expiry);
     let mut closing = false;
     let mut expiry_open = true;
+    let mut drain_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             n = queue.recv_many(&mut batch, 64) => {
@@ -115,11 +124,17 @@ where
                 }
             }
             _ = &mut conn_ended => break,
-            _ = &mut drain_signal, if !closing => {
-                // Spread reconnects over the drain window so the fleet is not
-                // hit by every client at once.
+            _ = &mut drain_signal, if !closing && drain_at.is_none() => {
+                // Close at a random point of the drain window, so the fleet
+                // takes this node's clients back spread over it rather than
+                // all at once (and without trusting clients to wait).
                 let spread = cfg.drain_window.as_millis().max(1) as u64;
-                let after_ms = rand::random::<u64>() % spread;
+                let at = Duration::from_millis(rand::random::<u64>() % spread);
+                drain_at = Some(tokio::time::Instant::now() + at);
+            }
+            _ = sleep_until_opt(drain_at), if !closing && drain_at.is_some() => {
+                // A little jitter on top, for clients that share a node.
+                let after_ms = rand::random::<u64>() % 250;
                 let f = protocol::encode_reply(cfg.protocol, &Reply::Reconnect { after_ms });
                 batch.push((Outbound::Frame(f), 0));
                 batch.push((Outbound::Close(1001, "server draining"), 0));
