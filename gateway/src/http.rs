@@ -72,13 +72,54 @@ pub(crate) fn authenticate(
 /// Whether `origin` may connect: any when the allow-list is empty, and
 /// requests without an `Origin` (non-browser clients) always.
 pub(crate) fn origin_allowed<B>(allowed: &[String], req: &Request<B>) -> bool {
+    is_allowed(allowed, req.headers().get("origin"))
+}
+
+fn is_allowed(allowed: &[String], origin: Option<&HeaderValue>) -> bool {
     if allowed.is_empty() {
         return true;
     }
-    match req.headers().get("origin").and_then(|v| v.to_str().ok()) {
-        Some(o) => allowed.iter().any(|a| a == o),
+    match origin.map(|v| v.to_str()) {
+        Some(Ok(o)) => allowed.iter().any(|a| a == o),
+        Some(Err(_)) => false,
         None => true,
     }
+}
+
+/// CORS headers for a browser request from `origin` (long-poll): the
+/// origin is echoed when allowed (any origin when the allow-list is empty);
+/// nothing is added for a request without `Origin` or from another origin.
+pub(crate) fn cors<R>(allowed: &[String], origin: Option<&HeaderValue>, resp: &mut Response<R>) {
+    let Some(origin) = origin else {
+        return;
+    };
+    if !is_allowed(allowed, Some(origin)) {
+        return;
+    }
+    let h = resp.headers_mut();
+    h.insert("access-control-allow-origin", origin.clone());
+    h.insert("vary", HeaderValue::from_static("origin"));
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("GET, OPTIONS"),
+    );
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("authorization, content-type"),
+    );
+    h.insert("access-control-max-age", HeaderValue::from_static("600"));
+}
+
+/// The answer to a CORS preflight (`OPTIONS`): 204 with the CORS headers
+/// when the origin is allowed, 403 otherwise.
+pub(crate) fn preflight<B>(allowed: &[String], req: &Request<B>) -> Response<Body> {
+    if !origin_allowed(allowed, req) {
+        return json_error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
+    }
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    cors(allowed, req.headers().get("origin"), &mut r);
+    r
 }
 
 #[cfg(test)]
@@ -120,5 +161,37 @@ mod tests {
             &req(Some("https://evil.example"))
         ));
         assert!(origin_allowed(&allowed, &req(None)));
+    }
+
+    #[test]
+    fn cors_echoes_allowed_origins_only() {
+        let req = |o: &str| {
+            Request::builder()
+                .method("OPTIONS")
+                .uri("/v1/poll")
+                .header("origin", o)
+                .body(())
+                .unwrap()
+        };
+        let allowed = vec!["https://app.example".to_owned()];
+        let r = preflight(&allowed, &req("https://app.example"));
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            r.headers()["access-control-allow-origin"],
+            "https://app.example"
+        );
+        assert!(r.headers()["access-control-allow-headers"]
+            .to_str()
+            .unwrap()
+            .contains("authorization"));
+        let r = preflight(&allowed, &req("https://evil.example"));
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert!(!r.headers().contains_key("access-control-allow-origin"));
+        // An empty allow-list accepts any origin.
+        let r = preflight(&[], &req("https://any.example"));
+        assert_eq!(
+            r.headers()["access-control-allow-origin"],
+            "https://any.example"
+        );
     }
 }

@@ -11,7 +11,7 @@
 //!   holds new connections instead of the process.
 //! - A client has `header_timeout` to send its request headers.
 
-use crate::http::{authenticate, json_error, origin_allowed, Body};
+use crate::http::{authenticate, cors, json_error, origin_allowed, preflight, Body};
 use crate::metrics as m;
 use crate::poll::PollContext;
 use crate::protocol::{Protocol, SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO};
@@ -105,9 +105,14 @@ async fn route(
     match req.uri().path() {
         "/v1/ws" => upgrade(req, node, drain, tracker, slot),
         "/v1/poll" => {
-            if !origin_allowed(&node.cfg.allowed_origins, &req) {
+            let allowed = &node.cfg.allowed_origins;
+            if req.method() == hyper::Method::OPTIONS {
+                return preflight(allowed, &req);
+            }
+            if !origin_allowed(allowed, &req) {
                 return json_error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
             }
+            let origin = req.headers().get("origin").cloned();
             let ctx = PollContext {
                 auth: &node.auth,
                 planner: node.planner(),
@@ -117,7 +122,9 @@ async fn route(
                 recheck: node.cfg.head_check,
                 drain,
             };
-            crate::poll::handle(req, ctx).await
+            let mut resp = crate::poll::handle(req, ctx).await;
+            cors(allowed, origin.as_ref(), &mut resp);
+            resp
         }
         "/healthz" => switchyard_ops::admin::text(StatusCode::OK, "ok\n".into()),
         // The public port says only whether the node takes clients; the
