@@ -1,11 +1,11 @@
 //! The tansu Kafka-protocol broker: started on a free port (in-memory
 //! storage unless a test asks for another), topics, a producer, a restart
-//! in place.
+//! in place, and a consumer group's committed offsets.
 //!
 //! Invariant: a restarted broker keeps its port and storage, so clients
 //! configured with its address reconnect to the same broker.
 
-use crate::probe::{free_port, wait_port};
+use crate::probe::{free_addr, free_port, wait_port, wait_port_async};
 use crate::process::Proc;
 use anyhow::{bail, Context as _};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -31,6 +31,31 @@ pub fn tansu_bin() -> PathBuf {
     PathBuf::from("tansu")
 }
 
+const MEMORY: &str = "memory://tansu/";
+
+fn spawn_tansu(
+    dir: &Path,
+    storage: &str,
+    port: u16,
+    rust_log: Option<&str>,
+) -> anyhow::Result<Proc> {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut cmd = Command::new(tansu_bin());
+    cmd.args([
+        "broker",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &url,
+        "--storage-engine",
+        storage,
+    ]);
+    if let Some(level) = rust_log {
+        cmd.env("RUST_LOG", level);
+    }
+    Proc::spawn("tansu", cmd, dir).context("starting tansu (install: cargo install tansu)")
+}
+
 /// A tansu broker on a free port.
 #[derive(Debug)]
 pub struct Broker {
@@ -43,22 +68,11 @@ pub struct Broker {
 impl Broker {
     /// In-memory broker.
     pub fn start(dir: &Path) -> anyhow::Result<Broker> {
-        Self::start_with_storage(dir, "memory://tansu/".into(), free_port())
+        Self::start_with_storage(dir, MEMORY.into(), free_port())
     }
 
     pub fn start_with_storage(dir: &Path, storage: String, port: u16) -> anyhow::Result<Broker> {
-        let url = format!("tcp://127.0.0.1:{port}");
-        let mut cmd = Command::new(tansu_bin());
-        cmd.args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            &storage,
-        ]);
-        let proc = Proc::spawn("tansu", cmd, dir)?;
+        let proc = spawn_tansu(dir, &storage, port, None)?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         wait_port(addr, Duration::from_secs(20)).context("tansu did not start")?;
         Ok(Broker {
@@ -66,6 +80,23 @@ impl Broker {
             proc,
             storage,
             port,
+        })
+    }
+
+    /// In-memory broker started from async code (the load test): waits up
+    /// to 30 s without blocking the runtime, fails with tansu's log as soon
+    /// as it exits, and runs it with `RUST_LOG=<rust_log>`.
+    pub async fn launch(dir: &Path, rust_log: &str) -> anyhow::Result<Broker> {
+        let addr = free_addr()?;
+        let mut proc = spawn_tansu(dir, MEMORY, addr.port(), Some(rust_log))?;
+        wait_port_async(addr, Duration::from_secs(30), Some(&mut proc))
+            .await
+            .context("tansu did not start")?;
+        Ok(Broker {
+            addr: addr.to_string(),
+            proc,
+            storage: MEMORY.into(),
+            port: addr.port(),
         })
     }
 
@@ -83,7 +114,8 @@ impl Broker {
                 &new,
                 &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
             )
-            .await?;
+            .await
+            .with_context(|| format!("creating topics {topics:?}"))?;
         for r in res {
             if let Err((t, e)) = r {
                 if e != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
@@ -109,4 +141,30 @@ impl Broker {
         *self = b;
         Ok(())
     }
+}
+
+/// Sum of consumer group `group`'s committed offsets over `topic`'s
+/// partitions (blocking: call it from a blocking thread in async code).
+pub fn committed_offsets(brokers: &str, group: &str, topic: &str) -> anyhow::Result<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for t in md.topics() {
+        for p in t.partitions() {
+            tpl.add_partition(t.name(), p.id());
+        }
+    }
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10))?;
+    Ok(committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some(o),
+            _ => None,
+        })
+        .sum())
 }

@@ -2,7 +2,8 @@
 //! private PostgreSQL server for tests that stop PostgreSQL.
 //!
 //! Invariant: each [`Database`] has a fresh random name and is dropped
-//! (`WITH (FORCE)`) with its handle; a [`PgServer`] is stopped on drop.
+//! (`WITH (FORCE)`) with its handle unless its owner asked to keep it; a
+//! [`PgServer`] is stopped on drop.
 
 use crate::probe::free_port;
 use crate::unique;
@@ -22,29 +23,44 @@ pub struct Database {
     pub name: String,
     pub url: String,
     base: String,
+    keep: bool,
 }
 
 impl Database {
     pub async fn create() -> anyhow::Result<Database> {
-        Self::create_on(&pg_base()).await
+        Self::create_on(&pg_base())
+            .await
+            .context("creating a database on the test PostgreSQL (SWITCHYARD_TEST_PG)")
     }
 
     pub async fn create_on(base: &str) -> anyhow::Result<Database> {
-        let name = unique("sy_test");
+        Self::create_as(base, unique("sy_test")).await
+    }
+
+    /// Creates database `name` (which must be fresh) on the server at
+    /// `base` (`postgres://user@host:port`).
+    pub async fn create_as(base: &str, name: String) -> anyhow::Result<Database> {
         let base = base.to_owned();
         let (client, conn) =
             tokio_postgres::connect(&format!("{base}/postgres"), tokio_postgres::NoTls)
                 .await
-                .context("connecting to the test PostgreSQL (SWITCHYARD_TEST_PG)")?;
+                .with_context(|| format!("connecting to PostgreSQL at {base}"))?;
         tokio::spawn(conn);
         client
             .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await?;
+            .await
+            .with_context(|| format!("creating database {name}"))?;
         Ok(Database {
             url: format!("{base}/{name}"),
             name,
             base,
+            keep: false,
         })
+    }
+
+    /// Keeps the database after the handle drops (to inspect a run), or not.
+    pub fn set_keep(&mut self, keep: bool) {
+        self.keep = keep;
     }
 
     pub async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
@@ -52,10 +68,26 @@ impl Database {
         tokio::spawn(conn);
         Ok(client)
     }
+
+    /// Pids of the PostgreSQL backends serving this database.
+    pub async fn backend_pids(&self, client: &tokio_postgres::Client) -> Vec<u32> {
+        client
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1",
+                &[&self.name],
+            )
+            .await
+            .map(|rows| rows.iter().map(|r| r.get::<_, i32>(0) as u32).collect())
+            .unwrap_or_default()
+    }
 }
 
 impl Drop for Database {
     fn drop(&mut self) {
+        if self.keep {
+            eprintln!("keeping database {}", self.url);
+            return;
+        }
         let base = &self.base;
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         let _ = Command::new("psql")

@@ -3,14 +3,15 @@
 //! a fresh PostgreSQL database per stack, Redis (the machine's, under a
 //! unique key prefix, or a private `redis-server` when a test restarts it),
 //! and the real `switchyard-bridge` / `switchyard-gateway` binaries as child
-//! processes, so tests can SIGKILL them.
+//! processes, so tests can SIGKILL them. The load test (`switchyard-loadtest`)
+//! starts its servers with the same processes, probes, broker and databases.
 //!
 //! Where things are (everything is re-exported at the crate root):
 //!
 //! | module | owns |
 //! | --- | --- |
 //! | `process` | child processes ([`Proc`]), workspace binaries, scratch directories |
-//! | `probe` | free ports, "is it listening", `GET`, "is it ready" |
+//! | `probe` | free ports, "is it listening", `GET`, "is it ready" (blocking, and `async` for the load test) |
 //! | `broker` | the tansu broker: start, restart, topics, producer |
 //! | `database` | fresh PostgreSQL databases, a private PostgreSQL server |
 //! | `redis` | the test Redis, a private `redis-server` |
@@ -33,11 +34,14 @@ mod redis;
 mod stack;
 mod token;
 
-pub use broker::{tansu_bin, Broker};
+pub use broker::{committed_offsets, tansu_bin, Broker};
 pub use client::{ids, ns, Client, Connect};
 pub use database::{pg_base, Database, PgServer};
 pub use event::{news, now_ms};
-pub use probe::{free_port, http_get, wait_ready};
+pub use probe::{
+    ensure_loopback, free_addr, free_port, http_get, http_get_async, wait_port_async, wait_ready,
+    wait_serving,
+};
 pub use process::{binary, scratch_dir, Proc};
 pub use redis::{redis_base, RedisServer};
 pub use stack::{default_stack, require_servers, seed_topology, GatewayNode, Stack, StackOptions};

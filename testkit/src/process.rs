@@ -68,14 +68,15 @@ impl Proc {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log)?;
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
         let err = out.try_clone()?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
-            .with_context(|| format!("spawning {name}"))?;
+            .with_context(|| format!("spawning {name} ({:?})", cmd.get_program()))?;
         Ok(Proc {
             name: name.to_owned(),
             child: Some(child),
@@ -83,8 +84,22 @@ impl Proc {
         })
     }
 
+    /// The name it was spawned under (its log is `<name>.log`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The pid, until the process is killed, stopped or seen to exit.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
     }
 
     /// SIGKILL and reap.
@@ -100,8 +115,20 @@ impl Proc {
         if let Some(pid) = self.pid() {
             let _ = Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
+                .stderr(Stdio::null())
                 .status();
         }
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        if self.child.is_none() {
+            return;
+        }
+        self.term();
+        // A no-op when it exited within the grace period.
+        let _ = self.wait_exit(grace);
+        self.kill9();
     }
 
     /// Waits for exit; returns the exit code.
@@ -122,6 +149,12 @@ impl Proc {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The last `n` bytes of the log (from a character boundary), for
+    /// error messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        tail(&self.log_text(), n).to_owned()
+    }
 }
 
 impl Drop for Proc {
@@ -131,7 +164,7 @@ impl Drop for Proc {
                 "--- log of {} ({}) ---\n{}",
                 self.name,
                 self.log.display(),
-                tail(&self.log_text(), 4000)
+                self.log_tail(4000)
             );
         }
         self.kill9();

@@ -7,7 +7,7 @@
 //! consumer group and ports, so stacks never see each other's data; the
 //! binaries are the workspace's current build.
 
-use crate::broker::{tansu_bin, Broker};
+use crate::broker::{committed_offsets, tansu_bin, Broker};
 use crate::database::{pg_base, Database};
 use crate::probe::{free_port, wait_ready};
 use crate::process::{binary, scratch_dir, Proc};
@@ -16,7 +16,6 @@ use crate::token::SECRET;
 use crate::unique;
 use anyhow::{anyhow, Context as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -277,27 +276,7 @@ impl Stack {
 
     /// Sum of the bridge group's committed offsets over the events topic.
     pub fn committed_offsets(&self) -> anyhow::Result<i64> {
-        use rdkafka::consumer::{BaseConsumer, Consumer};
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.broker.addr)
-            .set("group.id", &self.group)
-            .create()?;
-        let md = c.fetch_metadata(Some(&self.events_topic), Duration::from_secs(10))?;
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for t in md.topics() {
-            for p in t.partitions() {
-                tpl.add_partition(t.name(), p.id());
-            }
-        }
-        let committed = c.committed_offsets(tpl, Duration::from_secs(10))?;
-        Ok(committed
-            .elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                rdkafka::Offset::Offset(o) => Some(o),
-                _ => None,
-            })
-            .sum())
+        committed_offsets(&self.broker.addr, &self.group, &self.events_topic)
     }
 
     /// Rows in the cursor log's events table.
