@@ -17,7 +17,7 @@
 use crate::cli::{RunArgs, ScenarioKind};
 use crate::client::{ClientSpec, Fleet, FleetOptions, Mode};
 use crate::event::{product_code, FANOUT_TOPIC, SCOPED_TOPIC};
-use crate::infra::{Broker, Database, RedisNs};
+use crate::infra::RedisNs;
 use crate::procstat::{self, ProcSample};
 use crate::producer::{KafkaProducer, KeyBy, Plan, Progress, Streams};
 use crate::report::{now_rfc3339, Machine, ProcUsage, RunReport, SystemResult};
@@ -31,6 +31,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard_testkit::{Broker, Database};
 
 /// The HS256 secret the harness gives its gateways and signs tokens with.
 pub const JWT_SECRET: &str = "switchyard-loadtest-secret-0123456789";
@@ -77,7 +78,7 @@ impl Ctx {
         let dir = std::env::temp_dir().join(format!("switchyard-loadtest-{run_id}"));
         std::fs::create_dir_all(&dir)?;
         eprintln!("run {run_id}: logs in {}", dir.display());
-        let broker = Broker::start(&dir).await?;
+        let broker = Broker::launch(&dir, "warn").await?;
         eprintln!("tansu broker on {}", broker.addr);
         let redis = RedisNs::new(&args.redis);
         let redis_pid = redis.server_pid().await;
@@ -88,7 +89,9 @@ impl Ctx {
             );
         }
         let (db, db_client) = if need_db {
-            let db = Database::create(&args.postgres, args.keep).await?;
+            let name = format!("sy_load_{}", crate::infra::suffix());
+            let mut db = Database::create_as(&args.postgres, name).await?;
+            db.set_keep(args.keep);
             let c = db.client().await?;
             eprintln!("database {}", db.name);
             (Some(db), Some(c))
@@ -162,13 +165,19 @@ impl Ctx {
             scenario.name(),
             kind.name()
         );
-        self.broker.create_topic(&t, partitions).await?;
-        self.broker.create_topic(&format!("{t}.dlq"), 1).await?;
+        self.broker.create_topics(&[&t], partitions).await?;
+        self.broker.create_topics(&[&format!("{t}.dlq")], 1).await?;
         Ok(t)
     }
 
     async fn infra_pids(&self) -> Vec<(String, u32)> {
-        let mut v = vec![("tansu".to_owned(), self.broker.proc.pid())];
+        let mut v: Vec<(String, u32)> = self
+            .broker
+            .proc
+            .pid()
+            .map(|p| ("tansu".to_owned(), p))
+            .into_iter()
+            .collect();
         if let Some(p) = self.redis_pid {
             v.push(("redis-server".into(), p));
         }
@@ -1125,7 +1134,9 @@ async fn idle(ctx: &Ctx, kind: SystemKind) -> anyhow::Result<SystemResult> {
 async fn kafka_ceiling(ctx: &Ctx) -> anyhow::Result<SystemResult> {
     let a = &ctx.args;
     let topic = format!("sy_load_{}_ingest_ceiling", ctx.run_id);
-    ctx.broker.create_topic(&topic, a.ingest_partitions).await?;
+    ctx.broker
+        .create_topics(&[&topic], a.ingest_partitions)
+        .await?;
     let (write_rate, sent) = preload(ctx, &topic).await?;
     let brokers = ctx.broker.addr.clone();
     let t = topic.clone();
@@ -1210,31 +1221,7 @@ fn read_all(
 
 async fn committed(brokers: String, group: String, topic: String) -> Option<i64> {
     tokio::task::spawn_blocking(move || {
-        use rdkafka::consumer::{BaseConsumer, Consumer as _};
-        let c: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", &group)
-            .create()
-            .ok()?;
-        let md = c
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .ok()?;
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for t in md.topics() {
-            for p in t.partitions() {
-                tpl.add_partition(t.name(), p.id());
-            }
-        }
-        let got = c.committed_offsets(tpl, Duration::from_secs(10)).ok()?;
-        Some(
-            got.elements()
-                .iter()
-                .filter_map(|e| match e.offset() {
-                    rdkafka::Offset::Offset(o) => Some(o),
-                    _ => None,
-                })
-                .sum(),
-        )
+        switchyard_testkit::committed_offsets(&brokers, &group, &topic).ok()
     })
     .await
     .ok()
