@@ -15,7 +15,7 @@
 //! | [`procstat`] | CPU and memory of server processes from `/proc` |
 //! | [`infra`] | the run's Redis prefix and name suffix (broker, database and processes are `switchyard_testkit`'s) |
 //! | [`systems`] | how each system under test is started: Switchyard, Socket.IO, naive, raw TCP |
-//! | [`scenario`] | fan-out, scoped, reconnect storm, ingest, idle |
+//! | [`scenario`] | fan-out, scoped, reconnect storm, ingest, idle: one module each, and the run that drives them |
 //! | [`report`] | JSON, Markdown, README figures; [`plot`] draws the SVG |
 //! | [`preflight`] | file limits, sysctls and tools a large run needs |
 //! | [`broadcaster`] | the naive tokio-tungstenite broadcaster (peer binary) |
