@@ -8,7 +8,7 @@
 use super::connect::connect_fleet;
 use super::ctx::Ctx;
 use super::meter::Meter;
-use super::{base, secs};
+use super::{base, finish, secs};
 use crate::cli::ScenarioKind;
 use crate::procstat;
 use crate::report::SystemResult;
@@ -59,11 +59,6 @@ pub(super) async fn run(ctx: &Ctx, kind: SystemKind) -> anyhow::Result<SystemRes
     r.notes.push(format!(
         "RSS of the system's processes with {live} connections, minus before any (all processes summed)"
     ));
-    fleet.shutdown(Duration::from_secs(10)).await;
-    let alive = sys.check_alive();
-    sys.stop();
-    if let Err(e) = alive {
-        r.error = Some(format!("{e:#}"));
-    }
+    finish(fleet, &mut sys, &mut r).await;
     Ok(r)
 }

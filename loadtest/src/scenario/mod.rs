@@ -36,8 +36,11 @@ pub use ctx::{Ctx, JWT_SECRET};
 pub use scoped::entitlements;
 
 use crate::cli::{RunArgs, ScenarioKind};
+use crate::client::Fleet;
+use crate::latency::Sample;
 use crate::report::{now_rfc3339, Machine, RunReport, SystemResult};
-use crate::systems::{self, SystemKind};
+use crate::systems::{self, Running, SystemKind};
+use crate::verify::Tally;
 use anyhow::bail;
 use std::time::Duration;
 
@@ -192,6 +195,35 @@ fn failed(ctx: &Ctx, scenario: ScenarioKind, kind: SystemKind, e: &anyhow::Error
     let mut r = base(ctx, scenario, kind.name());
     r.error = Some(format!("{e:#}"));
     r
+}
+
+/// Copies a measurement's latency percentiles and correctness tally into
+/// its row.
+fn record(r: &mut SystemResult, sample: &Sample, tally: &Tally) {
+    if let Some(p) = sample.percentiles() {
+        r.p50_ms = Some(p.p50_ms);
+        r.p90_ms = Some(p.p90_ms);
+        r.p99_ms = Some(p.p99_ms);
+        r.p999_ms = Some(p.p999_ms);
+        r.max_ms = Some(p.max_ms);
+        r.mean_ms = Some(p.mean_ms);
+    }
+    r.lost = tally.lost;
+    r.duplicated = tally.duplicated;
+    r.unentitled = tally.unentitled;
+    r.connect_failures = tally.connect_failures;
+    r.disconnects = tally.disconnects;
+}
+
+/// Ends a system's phase: closes the fleet, then stops the system; a
+/// process that had died by then is the row's error.
+async fn finish(fleet: Fleet, sys: &mut Running, r: &mut SystemResult) {
+    fleet.shutdown(Duration::from_secs(10)).await;
+    let alive = sys.check_alive();
+    sys.stop();
+    if let Err(e) = alive {
+        r.error = Some(format!("{e:#}"));
+    }
 }
 
 fn one_line(r: &SystemResult) -> String {

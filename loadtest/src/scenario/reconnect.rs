@@ -9,7 +9,7 @@
 use super::connect::connect_fleet;
 use super::ctx::Ctx;
 use super::meter::Meter;
-use super::{base, secs};
+use super::{base, finish, record, secs};
 use crate::cli::ScenarioKind;
 use crate::client::Mode;
 use crate::event::FANOUT_TOPIC;
@@ -168,19 +168,7 @@ pub(super) async fn run(ctx: &Ctx, kind: SystemKind) -> anyhow::Result<SystemRes
     r.expected_deliveries = produced_total * live as u64;
     r.duration_s = t_start.elapsed().as_secs_f64();
     r.deliveries_per_s = sample.deliveries as f64 / r.duration_s.max(1e-6);
-    if let Some(p) = sample.percentiles() {
-        r.p50_ms = Some(p.p50_ms);
-        r.p90_ms = Some(p.p90_ms);
-        r.p99_ms = Some(p.p99_ms);
-        r.p999_ms = Some(p.p999_ms);
-        r.max_ms = Some(p.max_ms);
-        r.mean_ms = Some(p.mean_ms);
-    }
-    r.lost = tally.lost;
-    r.duplicated = tally.duplicated;
-    r.unentitled = tally.unentitled;
-    r.connect_failures = tally.connect_failures;
-    r.disconnects = tally.disconnects;
+    record(&mut r, &sample, &tally);
     usage.apply(&mut r);
     if tally.lost > 0 && kind != SystemKind::Switchyard {
         r.notes.push(
@@ -195,11 +183,6 @@ pub(super) async fn run(ctx: &Ctx, kind: SystemKind) -> anyhow::Result<SystemRes
             fleet.sample_errors(2).join(" | ")
         ));
     }
-    fleet.shutdown(Duration::from_secs(10)).await;
-    let alive = sys.check_alive();
-    sys.stop();
-    if let Err(e) = alive {
-        r.error = Some(format!("{e:#}"));
-    }
+    finish(fleet, &mut sys, &mut r).await;
     Ok(r)
 }

@@ -9,7 +9,7 @@
 use super::connect::connect_fleet;
 use super::ctx::{produce, Ctx};
 use super::meter::Meter;
-use super::{base, one_line, secs};
+use super::{base, finish, one_line, record, secs};
 use crate::cli::ScenarioKind;
 use crate::client::Fleet;
 use crate::event::{FANOUT_TOPIC, SCOPED_TOPIC};
@@ -137,19 +137,7 @@ pub(super) async fn sweep(
         let span_us = sample.last_us.saturating_sub(t0).max(1);
         st.deliveries_per_s = sample.deliveries as f64 * 1e6 / span_us as f64;
         st.duration_s = span_us as f64 / 1e6;
-        if let Some(p) = sample.percentiles() {
-            st.p50_ms = Some(p.p50_ms);
-            st.p90_ms = Some(p.p90_ms);
-            st.p99_ms = Some(p.p99_ms);
-            st.p999_ms = Some(p.p999_ms);
-            st.max_ms = Some(p.max_ms);
-            st.mean_ms = Some(p.mean_ms);
-        }
-        st.lost = tally.lost;
-        st.duplicated = tally.duplicated;
-        st.unentitled = tally.unentitled;
-        st.connect_failures = tally.connect_failures;
-        st.disconnects = tally.disconnects;
+        record(&mut st, &sample, &tally);
         usage.apply(&mut st);
         let failed = ctx.producer.deliveries.failed.load(Relaxed) - failed_before;
         if failed > 0 {
@@ -215,9 +203,6 @@ pub(super) async fn sweep(
             break;
         }
     }
-    fleet.shutdown(Duration::from_secs(10)).await;
-    let alive = sys.check_alive();
-    sys.stop();
     let best = steps
         .iter()
         .filter(|s| !s.saturated)
@@ -234,8 +219,6 @@ pub(super) async fn sweep(
         out.notes
             .push("no rate was sustained; the row shows the first step".into());
     }
-    if let Err(e) = alive {
-        out.error = Some(format!("{e:#}"));
-    }
+    finish(fleet, &mut sys, &mut out).await;
     Ok(out)
 }
