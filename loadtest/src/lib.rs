@@ -13,10 +13,9 @@
 //! | [`verify`] | per-connection completeness / once / order checks |
 //! | [`latency`] | sharded HdrHistograms of end-to-end latency |
 //! | [`procstat`] | CPU and memory of server processes from `/proc` |
-//! | [`process`] | child processes, free ports, readiness probes |
-//! | [`infra`] | the tansu broker, a fresh PostgreSQL database, a Redis prefix |
+//! | [`infra`] | the run's Redis prefix and name suffix (broker, database and processes are `switchyard_testkit`'s) |
 //! | [`systems`] | how each system under test is started: Switchyard, Socket.IO, naive, raw TCP |
-//! | [`scenario`] | fan-out, scoped, reconnect storm, ingest, idle |
+//! | [`scenario`] | fan-out, scoped, reconnect storm, ingest, idle: one module each, and the run that drives them |
 //! | [`report`] | JSON, Markdown, README figures; [`plot`] draws the SVG |
 //! | [`preflight`] | file limits, sysctls and tools a large run needs |
 //! | [`broadcaster`] | the naive tokio-tungstenite broadcaster (peer binary) |
@@ -36,7 +35,6 @@ pub mod infra;
 pub mod latency;
 pub mod plot;
 pub mod preflight;
-pub mod process;
 pub mod procstat;
 pub mod producer;
 pub mod rawfanout;
@@ -55,13 +53,5 @@ pub fn now_us() -> u64 {
 }
 
 /// The loopback guard: every address the harness connects to or lets a
-/// server bind must be in 127.0.0.0/8.
-pub fn ensure_loopback(addr: &std::net::SocketAddr) -> anyhow::Result<()> {
-    match addr.ip() {
-        std::net::IpAddr::V4(ip) if ip.is_loopback() => Ok(()),
-        std::net::IpAddr::V6(ip) if ip.is_loopback() => Ok(()),
-        _ => anyhow::bail!(
-            "{addr} is not a loopback address; the load test only targets 127.0.0.0/8"
-        ),
-    }
-}
+/// server bind must be in 127.0.0.0/8 (testkit's probes apply it too).
+pub use switchyard_testkit::ensure_loopback;

@@ -86,7 +86,10 @@ pub fn report(nofile: u64) {
     println!(
         "{:32} {}",
         "tansu",
-        have(&crate::infra::tansu_bin().to_string_lossy(), "--version")
+        have(
+            &switchyard_testkit::tansu_bin().to_string_lossy(),
+            "--version"
+        )
     );
     println!("{:32} {}", "node", have("node", "--version"));
     println!("{:32} {}", "npm", have("npm", "--version"));

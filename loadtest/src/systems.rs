@@ -14,13 +14,13 @@
 //! also wait for probe events to reach every connection before measuring.
 
 use crate::client::Protocol;
-use crate::infra::{Broker, Database, RedisNs};
-use crate::process::{free_addr, wait_port, wait_ready, Proc};
+use crate::infra::RedisNs;
 use anyhow::{bail, Context as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+use switchyard_testkit::{free_addr, wait_port_async, wait_serving, Broker, Database, Proc};
 
 /// A system the load test can drive.
 #[derive(
@@ -113,11 +113,11 @@ pub struct Running {
 }
 
 impl Running {
-    /// (name, pid) of every server process of the system.
+    /// (name, pid) of every server process of the system not yet stopped.
     pub fn pids(&self) -> Vec<(String, u32)> {
         self.procs
             .iter()
-            .map(|p| (p.name.clone(), p.pid()))
+            .filter_map(|p| Some((p.name().to_owned(), p.pid()?)))
             .collect()
     }
 
@@ -125,7 +125,7 @@ impl Running {
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for p in &mut self.procs {
             if !p.running() {
-                bail!("{} exited:\n{}", p.name, p.log_tail(3000));
+                bail!("{} exited:\n{}", p.name(), p.log_tail(3000));
             }
         }
         Ok(())
@@ -280,7 +280,7 @@ pub async fn start(
                 );
             }
             let mut bridge = Proc::spawn("switchyard-bridge", cmd, infra.dir)?;
-            wait_ready(bridge_admin, Duration::from_secs(90), &mut bridge).await?;
+            wait_serving(bridge_admin, Duration::from_secs(90), &mut bridge).await?;
             running.procs.push(bridge);
             if parts == Parts::All {
                 for i in 0..opts.nodes {
@@ -292,7 +292,7 @@ pub async fn start(
                         .env("SWITCHYARD_ADMIN_LISTEN", admin.to_string())
                         .env("SWITCHYARD_JWT_HS256_SECRET", &opts.jwt_secret);
                     let mut gw = Proc::spawn(&format!("switchyard-gateway-{i}"), cmd, infra.dir)?;
-                    wait_ready(admin, Duration::from_secs(90), &mut gw).await?;
+                    wait_serving(admin, Duration::from_secs(90), &mut gw).await?;
                     running.procs.push(gw);
                     running.endpoints.push(listen);
                 }
@@ -315,7 +315,7 @@ pub async fn start(
                     cmd.env("FETCH_WAIT_MS", opts.fetch_wait_ms.to_string());
                 }
                 let mut node = Proc::spawn(&format!("socketio-{i}"), cmd, infra.dir)?;
-                wait_ready(listen, Duration::from_secs(90), &mut node).await?;
+                wait_serving(listen, Duration::from_secs(90), &mut node).await?;
                 running.procs.push(node);
                 running.endpoints.push(listen);
             }
@@ -336,7 +336,7 @@ pub async fn start(
                 cmd.args(["--fetch-wait-ms", &opts.fetch_wait_ms.to_string()]);
             }
             let mut p = Proc::spawn(name, cmd, infra.dir)?;
-            wait_port(listen, Duration::from_secs(30), Some(&mut p)).await?;
+            wait_port_async(listen, Duration::from_secs(30), Some(&mut p)).await?;
             running.procs.push(p);
             running.endpoints.push(listen);
         }

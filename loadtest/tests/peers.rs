@@ -21,7 +21,7 @@ fn args(extra: &[&str]) -> RunArgs {
 }
 
 fn require_tansu() {
-    let ok = std::process::Command::new(switchyard_loadtest::infra::tansu_bin())
+    let ok = std::process::Command::new(switchyard_testkit::tansu_bin())
         .arg("--help")
         .output()
         .is_ok_and(|o| o.status.success());
