@@ -126,8 +126,8 @@ pub fn is_json_content_type(ct: &str) -> bool {
 /// When an event appended at `now` to `channels` expires: the longest of the
 /// default retention, each channel's lookback window and each channel's own
 /// retention.
-pub fn expires_at(
-    channels: &[switchyard_channels::ResolvedChannel],
+pub fn expires_at<'a>(
+    channels: impl IntoIterator<Item = &'a switchyard_channels::ResolvedChannel>,
     now: chrono::DateTime<chrono::Utc>,
     default_retention: std::time::Duration,
     tz: chrono_tz::Tz,

@@ -8,6 +8,9 @@
 //!   and idempotency on event id; replay reads; heads; retention sweep.
 //! - [`event`]: [`LogEvent`], the one in-memory form of a durable event, and
 //!   its Redis wire encoding.
+//! - [`route`]: [`route::route`], which channels of an event are logged
+//!   (and until when) and which are reached live only; the bridge and
+//!   client publishes both route through it.
 //! - [`live`]: the Redis live feed (channel names, [`live::Publisher`]).
 //! - [`cursor`]: the opaque client cursor (log epoch + per-channel positions).
 //!
@@ -23,7 +26,9 @@ pub mod event;
 pub mod live;
 pub mod log;
 pub mod migrate;
+pub mod route;
 
 pub use cursor::{Cursor, CursorError};
 pub use event::{Entry, LogEvent, NewEvent};
 pub use log::{AppendOutcome, ChannelHead, CursorLog, LogError, PoolOptions, ReadPage};
+pub use route::{Draft, Route};

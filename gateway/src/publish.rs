@@ -10,7 +10,7 @@ use crate::protocol::ErrorCode;
 use crate::Node;
 use bytes::Bytes;
 use switchyard_cursorlog::event::is_json_content_type;
-use switchyard_cursorlog::{Entry, LogEvent, NewEvent};
+use switchyard_cursorlog::route::{route, Draft, Route};
 
 /// Publishes a client's event; the error is the code and message for the
 /// client's `error` frame.
@@ -49,59 +49,28 @@ pub async fn publish(
     }
     let keys: Vec<String> = resolved.iter().map(|c| c.key.clone()).collect();
     let ids = node.log.channel_ids(&keys).await.map_err(internal)?;
-    let mut log_channels = Vec::new();
-    let mut log_ids = Vec::new();
-    let mut ephemeral = Vec::new();
-    for (c, id) in resolved.iter().zip(ids) {
-        if c.ephemeral {
-            ephemeral.push(Entry {
-                channel: id,
-                seq: 0,
-            });
-        } else {
-            log_channels.push(c.clone());
-            log_ids.push(id);
-        }
-    }
-    log_ids.sort_unstable();
-    log_ids.dedup();
     let now = chrono::Utc::now();
-    let event_id = format!("client-{}", uuid::Uuid::new_v4().simple());
-    let tenant = identity.entitlements.tenant.clone().unwrap_or_default();
-    let mut live = if log_ids.is_empty() {
-        LogEvent {
-            event_id,
-            topic: topic.to_owned(),
-            tenant,
-            user_id: None,
-            payload,
-            content_type,
-            created_at_ms: now.timestamp_millis(),
-            entries: Vec::new(),
-        }
-    } else {
-        let ev = NewEvent {
-            event_id,
-            topic: topic.to_owned(),
-            tenant,
-            user_id: None,
-            payload,
-            content_type,
-            created_at_ms: now.timestamp_millis(),
-            expires_at: switchyard_cursorlog::event::expires_at(
-                &log_channels,
-                now,
-                node.cfg.store.retention,
-                node.cfg.store.lookback_tz,
-            ),
-            channels: log_ids,
-        };
-        let mut out = node.log.append_batch(&[ev]).await.map_err(internal)?;
-        out.appended
-            .pop()
-            .ok_or_else(|| (ErrorCode::Internal, "publish was not stored".to_owned()))?
+    let draft = Draft {
+        event_id: format!("client-{}", uuid::Uuid::new_v4().simple()),
+        topic: topic.to_owned(),
+        tenant: identity.entitlements.tenant.clone().unwrap_or_default(),
+        user_id: None,
+        payload,
+        content_type,
+        created_at_ms: now.timestamp_millis(),
     };
-    live.entries.extend(ephemeral);
+    let live = match route(draft, resolved.iter().zip(ids), now, &node.cfg.store) {
+        Route::Ephemeral(live) => live,
+        Route::Logged { event, ephemeral } => {
+            let mut out = node.log.append_batch(&[event]).await.map_err(internal)?;
+            let mut live = out
+                .appended
+                .pop()
+                .ok_or_else(|| (ErrorCode::Internal, "publish was not stored".to_owned()))?;
+            live.entries.extend(ephemeral);
+            live
+        }
+    };
     node.publisher.publish(std::slice::from_ref(&live)).await;
     tracing::debug!(topic, user = %identity.user, event_id = %live.event_id, "client publish stored");
     Ok(())
