@@ -27,9 +27,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_channels::{ResolvedChannel, TopologyHandle};
-use switchyard_cursorlog::live::Publisher;
 use switchyard_cursorlog::route::{route, Draft, Route};
 use switchyard_cursorlog::{CursorLog, Entry, LogError, LogEvent, NewEvent};
+use switchyard_livefeed::Publisher;
 use tokio_util::sync::CancellationToken;
 
 /// The consumer context: commits stored offsets synchronously when

@@ -1,5 +1,6 @@
 //! The PostgreSQL cursor log, shared by the bridge (writer) and the gateways
-//! (readers).
+//! (readers). The Redis live feed that carries its committed events is the
+//! `switchyard-livefeed` crate.
 //!
 //! - [`config`]: [`config::StoreConfig`], the storage settings both binaries share.
 //! - [`migrate`]: numbered migrations from `migrations/`, applied at start-up
@@ -7,11 +8,10 @@
 //! - [`log`]: [`CursorLog`]: batch append with dense per-channel sequences
 //!   and idempotency on event id; replay reads; heads; retention sweep.
 //! - [`event`]: [`LogEvent`], the one in-memory form of a durable event, and
-//!   its Redis wire encoding.
+//!   [`NewEvent`], what the writer appends.
 //! - [`route`]: [`route::route`], which channels of an event are logged
 //!   (and until when) and which are reached live only; the bridge and
 //!   client publishes both route through it.
-//! - [`live`]: the Redis live feed (channel names, [`live::Publisher`]).
 //! - [`cursor`]: the opaque client cursor (log epoch + per-channel positions).
 //!
 //! The invariant everything rests on: a channel's sequence numbers are dense
@@ -23,7 +23,6 @@
 pub mod config;
 pub mod cursor;
 pub mod event;
-pub mod live;
 pub mod log;
 pub mod migrate;
 pub mod route;

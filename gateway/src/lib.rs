@@ -10,7 +10,8 @@
 //! - [`fanout`]: live delivery, gap detection and backfill per node.
 //! - [`catchup`]: replay from PostgreSQL and the switch to live.
 //! - [`replay`]: the order in which replayed rows are handled.
-//! - [`livefeed`]: the Redis subscription and its reconnects.
+//! - [`livefeed`]: what the Redis live feed (`switchyard-livefeed`) feeds:
+//!   fan-out shards, resync on reconnect, long-poll wake-ups.
 //! - [`poll`]: the long-poll fallback.
 //! - [`publish`]: client publishes through the `IsPublishableByUser` gate.
 //!
@@ -43,8 +44,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard_channels::{Topology, TopologyHandle};
-use switchyard_cursorlog::live::Publisher;
 use switchyard_cursorlog::CursorLog;
+use switchyard_livefeed::Publisher;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -121,7 +122,9 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
         cfg.jwt_audience.clone(),
     )
     .map_err(anyhow::Error::msg)?;
-    let (log, publisher) = cfg.store.connect().await?;
+    let log = cfg.store.connect().await?;
+    let publisher =
+        Publisher::connect(&cfg.store.redis_url, &cfg.store.redis_prefix, log.epoch()).await?;
     let background = CancellationToken::new();
     let shards = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -150,7 +153,7 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
     });
     tokio::spawn(livefeed::run(
         cfg.store.redis_url.clone(),
-        switchyard_cursorlog::live::live_pattern(&cfg.store.redis_prefix),
+        switchyard_livefeed::live_pattern(&cfg.store.redis_prefix),
         log.epoch().to_owned(),
         fanout,
         feed,
