@@ -5,8 +5,8 @@
 //! The subscriber's names keep their `switchyard_gateway_` prefix: gateways
 //! are the only subscribers, and dashboards and alerts query these names.
 
-/// Events whose publish failed.
-pub(crate) const PUBLISH_ERRORS: &str = "switchyard_bridge_redis_publish_errors_total";
+/// Events whose publish failed (bridge and gateways both publish).
+pub(crate) const PUBLISH_ERRORS: &str = "switchyard_live_publish_errors_total";
 /// Successful re-subscriptions after the first one.
 pub(crate) const REDIS_RECONNECTS: &str = "switchyard_gateway_redis_reconnects_total";
 /// Live messages ignored: undecodable, or stamped with another log epoch.
