@@ -30,6 +30,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use switchyard_channels::{Topology, TopologyHandle};
 use switchyard_cursorlog::CursorLog;
+use switchyard_livefeed::Publisher;
 use switchyard_ops::admin::Readiness;
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 /// pipeline is not stalled on a dependency.
 struct BridgeReadiness {
     log: CursorLog,
-    publisher: switchyard_cursorlog::live::Publisher,
+    publisher: Publisher,
     health: Arc<Health>,
 }
 
@@ -80,7 +81,9 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
     let topology = Topology::load(&cfg.topology)
         .with_context(|| format!("SWITCHYARD_TOPOLOGY={}", cfg.topology.display()))?;
     let topology = TopologyHandle::new(topology);
-    let (log, publisher) = cfg.store.connect().await?;
+    let log = cfg.store.connect().await?;
+    let publisher =
+        Publisher::connect(&cfg.store.redis_url, &cfg.store.redis_prefix, log.epoch()).await?;
 
     let mut consumer_cfg = kafka_config(
         &cfg,

@@ -27,8 +27,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_channels::{ResolvedChannel, TopologyHandle};
-use switchyard_cursorlog::live::Publisher;
+use switchyard_cursorlog::route::{route, Draft, Route};
 use switchyard_cursorlog::{CursorLog, Entry, LogError, LogEvent, NewEvent};
+use switchyard_livefeed::Publisher;
 use tokio_util::sync::CancellationToken;
 
 /// The consumer context: commits stored offsets synchronously when
@@ -90,12 +91,11 @@ impl std::fmt::Debug for Pipeline {
 
 struct Cancelled;
 
-/// A record resolved for the log.
-struct Routed {
+/// A record resolved to its channels.
+struct Resolved {
     msg_index: usize,
     event: DomainEvent,
-    log_channels: Vec<ResolvedChannel>,
-    ephemeral_channels: Vec<ResolvedChannel>,
+    channels: Vec<ResolvedChannel>,
 }
 
 /// A batch decoded and resolved, waiting for the writer stage.
@@ -240,7 +240,7 @@ impl Pipeline {
         let started = Instant::now();
         let topology = self.topology.current();
         let mut rejected: Vec<(usize, Rejection)> = Vec::new();
-        let mut routed: Vec<Routed> = Vec::new();
+        let mut resolved: Vec<Resolved> = Vec::new();
         for (i, msg) in batch.iter().enumerate() {
             let header_ct = content_type_header(msg);
             match envelope::decode(
@@ -268,22 +268,19 @@ impl Pipeline {
                         tracing::debug!(event_id = %ev.id, topic = %ev.topic, "event resolved to no channel");
                         continue;
                     }
-                    let (ephemeral_channels, log_channels) =
-                        channels.into_iter().partition(|c| c.ephemeral);
-                    routed.push(Routed {
+                    resolved.push(Resolved {
                         msg_index: i,
                         event: ev,
-                        log_channels,
-                        ephemeral_channels,
+                        channels,
                     });
                 }
             }
         }
 
         // Channel ids for every key of the batch.
-        let mut keys: Vec<String> = routed
+        let mut keys: Vec<String> = resolved
             .iter()
-            .flat_map(|r| r.log_channels.iter().chain(&r.ephemeral_channels))
+            .flat_map(|r| &r.channels)
             .map(|c| c.key.clone())
             .collect();
         keys.sort();
@@ -300,61 +297,36 @@ impl Pipeline {
         let mut msg_of_event: HashMap<String, usize> = HashMap::new();
         let mut ephemeral_only: Vec<LogEvent> = Vec::new();
         let mut ephemeral_extra: HashMap<String, Vec<Entry>> = HashMap::new();
-        for r in &routed {
-            let eph: Vec<Entry> = r
-                .ephemeral_channels
+        for r in resolved {
+            let ev = r.event;
+            let draft = Draft {
+                created_at_ms: ev.created_at_ms.unwrap_or_else(|| now.timestamp_millis()),
+                event_id: ev.id,
+                topic: ev.topic,
+                tenant: ev.tenant,
+                user_id: ev.user_id,
+                payload: ev.payload,
+                content_type: ev.content_type,
+            };
+            let channels = r
+                .channels
                 .iter()
-                .filter_map(|c| id_of.get(c.key.as_str()))
-                .map(|&channel| Entry { channel, seq: 0 })
-                .collect();
-            let created_at_ms = r
-                .event
-                .created_at_ms
-                .unwrap_or_else(|| now.timestamp_millis());
-            if r.log_channels.is_empty() {
-                metrics::counter!(m::EPHEMERAL, "topic" => r.event.topic.clone()).increment(1);
-                ephemeral_only.push(LogEvent {
-                    event_id: r.event.id.clone(),
-                    topic: r.event.topic.clone(),
-                    tenant: r.event.tenant.clone(),
-                    user_id: r.event.user_id.clone(),
-                    payload: r.event.payload.clone(),
-                    content_type: r.event.content_type.clone(),
-                    created_at_ms,
-                    entries: eph,
-                });
-                continue;
+                .filter_map(|c| id_of.get(c.key.as_str()).map(|&id| (c, id)));
+            match route(draft, channels, now, &self.cfg.store) {
+                Route::Ephemeral(live) => {
+                    metrics::counter!(m::EPHEMERAL, "topic" => live.topic.clone()).increment(1);
+                    ephemeral_only.push(live);
+                }
+                Route::Logged { event, ephemeral } => {
+                    if !ephemeral.is_empty() {
+                        ephemeral_extra.insert(event.event_id.clone(), ephemeral);
+                    }
+                    msg_of_event
+                        .entry(event.event_id.clone())
+                        .or_insert(r.msg_index);
+                    new_events.push(event);
+                }
             }
-            if !eph.is_empty() {
-                ephemeral_extra.insert(r.event.id.clone(), eph);
-            }
-            let expires_at = switchyard_cursorlog::event::expires_at(
-                &r.log_channels,
-                now,
-                self.cfg.store.retention,
-                self.cfg.store.lookback_tz,
-            );
-            let mut channels: Vec<i64> = r
-                .log_channels
-                .iter()
-                .filter_map(|c| id_of.get(c.key.as_str()).copied())
-                .collect();
-            channels.sort_unstable();
-            channels.dedup();
-            msg_of_event
-                .entry(r.event.id.clone())
-                .or_insert(r.msg_index);
-            new_events.push(NewEvent {
-                event_id: r.event.id.clone(),
-                topic: r.event.topic.clone(),
-                tenant: r.event.tenant.clone(),
-                user_id: r.event.user_id.clone(),
-                payload: r.event.payload.clone(),
-                content_type: r.event.content_type.clone(),
-                created_at_ms,
-                expires_at,
-                channels,
-            });
         }
 
         Ok(Prepared {

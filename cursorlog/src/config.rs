@@ -1,11 +1,12 @@
 //! Where the log and its live feed are, and how long entries are kept: the
-//! configuration both binaries share, read from the same variables.
+//! configuration both binaries share, read from the same variables. (The
+//! live feed itself is `switchyard-livefeed`, which takes `redis_url` and
+//! `redis_prefix` from here.)
 //!
 //! Invariant: both binaries interpret these variables identically; a value
 //! that differed between the bridge and the gateways (time zone, retention,
 //! Redis prefix) would split their view of the same log.
 
-use crate::live::Publisher;
 use crate::log::{CursorLog, LogError, PoolOptions};
 use std::time::Duration;
 use switchyard_ops::config::{ConfigError, Source};
@@ -24,13 +25,11 @@ pub struct StoreConfig {
     pub retention: Duration,
 }
 
-/// Why the stores could not be reached.
+/// Why the log could not be reached.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("connecting to PostgreSQL (SWITCHYARD_POSTGRES_URL): {0}")]
     Postgres(#[from] LogError),
-    #[error("connecting to Redis (SWITCHYARD_REDIS_URL): {0}")]
-    Redis(#[from] redis::RedisError),
 }
 
 impl StoreConfig {
@@ -59,8 +58,8 @@ impl StoreConfig {
         })
     }
 
-    /// Connects to PostgreSQL (applying migrations) and Redis.
-    pub async fn connect(&self) -> Result<(CursorLog, Publisher), ConnectError> {
+    /// Connects to PostgreSQL (applying migrations).
+    pub async fn connect(&self) -> Result<CursorLog, ConnectError> {
         let log = CursorLog::connect(
             &self.postgres_url,
             PoolOptions {
@@ -69,8 +68,6 @@ impl StoreConfig {
             },
         )
         .await?;
-        let publisher =
-            Publisher::connect(&self.redis_url, &self.redis_prefix, log.epoch()).await?;
-        Ok((log, publisher))
+        Ok(log)
     }
 }

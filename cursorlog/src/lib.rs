@@ -1,5 +1,6 @@
 //! The PostgreSQL cursor log, shared by the bridge (writer) and the gateways
-//! (readers).
+//! (readers). The Redis live feed that carries its committed events is the
+//! `switchyard-livefeed` crate.
 //!
 //! - [`config`]: [`config::StoreConfig`], the storage settings both binaries share.
 //! - [`migrate`]: numbered migrations from `migrations/`, applied at start-up
@@ -7,8 +8,10 @@
 //! - [`log`]: [`CursorLog`]: batch append with dense per-channel sequences
 //!   and idempotency on event id; replay reads; heads; retention sweep.
 //! - [`event`]: [`LogEvent`], the one in-memory form of a durable event, and
-//!   its Redis wire encoding.
-//! - [`live`]: the Redis live feed (channel names, [`live::Publisher`]).
+//!   [`NewEvent`], what the writer appends.
+//! - [`route`]: [`route::route`], which channels of an event are logged
+//!   (and until when) and which are reached live only; the bridge and
+//!   client publishes both route through it.
 //! - [`cursor`]: the opaque client cursor (log epoch + per-channel positions).
 //!
 //! The invariant everything rests on: a channel's sequence numbers are dense
@@ -20,10 +23,11 @@
 pub mod config;
 pub mod cursor;
 pub mod event;
-pub mod live;
 pub mod log;
 pub mod migrate;
+pub mod route;
 
 pub use cursor::{Cursor, CursorError};
 pub use event::{Entry, LogEvent, NewEvent};
 pub use log::{AppendOutcome, ChannelHead, CursorLog, LogError, PoolOptions, ReadPage};
+pub use route::{Draft, Route};

@@ -55,8 +55,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use switchyard_channels::{Topology, TopologyHandle};
-use switchyard_cursorlog::live::Publisher;
 use switchyard_cursorlog::CursorLog;
+use switchyard_livefeed::Publisher;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -99,9 +99,8 @@ impl Node {
             log: &self.log,
             topology: self.topology.current(),
             publisher: &self.publisher,
+            store: &self.cfg.store,
             max_publish_bytes: self.cfg.max_publish_bytes,
-            retention: self.cfg.store.retention,
-            lookback_tz: self.cfg.store.lookback_tz,
         }
     }
 
@@ -195,7 +194,9 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
     let auth = auth::Authenticator::from_config(&cfg)
         .await
         .map_err(anyhow::Error::msg)?;
-    let (log, publisher) = cfg.store.connect().await?;
+    let log = cfg.store.connect().await?;
+    let publisher =
+        Publisher::connect(&cfg.store.redis_url, &cfg.store.redis_prefix, log.epoch()).await?;
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
     let shards = std::thread::available_parallelism()
@@ -240,7 +241,7 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
     tasks.spawn(node.auth.clone().run_refresh(background.clone()));
     tasks.spawn(livefeed::run(
         cfg.store.redis_url.clone(),
-        switchyard_cursorlog::live::live_pattern(&cfg.store.redis_prefix),
+        switchyard_livefeed::live_pattern(&cfg.store.redis_prefix),
         log.epoch().to_owned(),
         fanout,
         feed,

@@ -1,18 +1,19 @@
-//! The Redis live feed: one pattern subscription per node, reconnected with
-//! backoff, feeding decoded events to the fan-out shards.
+//! The node's end of the Redis live feed: the subscription itself is
+//! `switchyard_livefeed::subscribe`; this module is the sink it feeds —
+//! decoded events go to the fan-out shards and wake long-poll waiters, and
+//! every (re)connection resyncs all shards.
 //!
 //! Invariant: every (re)connection is followed by a resync of all shards
-//! from PostgreSQL *after* the subscription is active, so whatever was
-//! published while the node was not listening is backfilled, never lost.
+//! from PostgreSQL *after* the subscription is active (the subscriber's
+//! order), so whatever was published while the node was not listening is
+//! backfilled, never lost.
 
 use crate::fanout::Fanout;
-use crate::metrics as m;
 use crate::wakers::ChannelWakers;
-use futures::StreamExt as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use switchyard_cursorlog::LogEvent;
+use switchyard_livefeed::{LiveSink, SubscriberConfig};
 use tokio_util::sync::CancellationToken;
 
 /// State the rest of the node reads.
@@ -33,82 +34,40 @@ pub async fn run(
     wakers: Arc<ChannelWakers>,
     cancel: CancellationToken,
 ) {
-    let client = match redis::Client::open(redis_url.as_str()) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "invalid SWITCHYARD_REDIS_URL; live feed disabled, head checks still deliver");
-            return;
-        }
+    let cfg = SubscriberConfig {
+        redis_url,
+        pattern,
+        epoch,
     };
-    let mut backoff = Duration::from_millis(100);
-    let mut connections = 0u64;
-    loop {
-        if cancel.is_cancelled() {
-            return;
-        }
-        let ps = tokio::time::timeout(Duration::from_secs(3), client.get_async_pubsub()).await;
-        let mut ps = match ps {
-            Ok(Ok(ps)) => ps,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "redis connect failed");
-                wait(&cancel, backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-            Err(_) => {
-                tracing::warn!("redis connect timed out");
-                wait(&cancel, backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        if let Err(e) = ps.psubscribe(&pattern).await {
-            tracing::warn!(error = %e, "redis psubscribe failed");
-            wait(&cancel, backoff).await;
-            continue;
-        }
-        backoff = Duration::from_millis(100);
-        state.connected.store(true, Ordering::Relaxed);
-        connections += 1;
-        if connections > 1 {
-            metrics::counter!(m::REDIS_RECONNECTS).increment(1);
-            tracing::info!("redis live feed reconnected; backfilling from PostgreSQL");
-        }
-        fanout.resync().await;
-        let mut stream = ps.on_message();
-        loop {
-            let msg = tokio::select! {
-                _ = cancel.cancelled() => return,
-                m = stream.next() => m,
-            };
-            let Some(msg) = msg else { break };
-            let payload: &[u8] = msg.get_payload_bytes();
-            match LogEvent::decode_live(payload) {
-                Ok((ev_epoch, ev)) => {
-                    if ev_epoch != epoch {
-                        metrics::counter!(m::LIVE_DECODE_ERRORS).increment(1);
-                        tracing::error!(expected = %epoch, got = %ev_epoch, "live event from another log epoch; was the database reset? restart this node");
-                        continue;
-                    }
-                    state.events.fetch_add(1, Ordering::Relaxed);
-                    let channels: Vec<i64> = ev.entries.iter().map(|e| e.channel).collect();
-                    fanout.live(ev).await;
-                    wakers.wake(channels);
-                }
-                Err(e) => {
-                    metrics::counter!(m::LIVE_DECODE_ERRORS).increment(1);
-                    tracing::warn!(error = %e, "undecodable live event ignored");
-                }
-            }
-        }
-        state.connected.store(false, Ordering::Relaxed);
-        tracing::warn!("redis live feed disconnected; reconnecting");
-    }
+    let sink = NodeSink {
+        fanout,
+        state,
+        wakers,
+    };
+    switchyard_livefeed::subscribe(cfg, sink, cancel).await;
 }
 
-async fn wait(cancel: &CancellationToken, d: Duration) {
-    tokio::select! {
-        _ = cancel.cancelled() => {}
-        _ = tokio::time::sleep(d) => {}
+/// Feeds the node: fan-out shards, feed state and long-poll waiters.
+struct NodeSink {
+    fanout: Fanout,
+    state: Arc<FeedState>,
+    wakers: Arc<ChannelWakers>,
+}
+
+impl LiveSink for NodeSink {
+    fn connected(&self, up: bool) {
+        self.state.connected.store(up, Ordering::Relaxed);
+    }
+
+    async fn resync(&self) {
+        self.fanout.resync().await;
+    }
+
+    async fn event(&self, event: LogEvent) {
+        self.state.events.fetch_add(1, Ordering::Relaxed);
+        let channels: Vec<i64> = event.entries.iter().map(|e| e.channel).collect();
+        self.fanout.live(event).await;
+        // Only the long-polls waiting on these channels wake.
+        self.wakers.wake(channels);
     }
 }

@@ -1,6 +1,9 @@
 //! Metric names of the gateway, defined once (dashboards in `deploy/grafana`
 //! query exactly these). Labels stay low-cardinality: topic, mode, reason,
-//! code, result — never user, connection or event ids.
+//! code, result — never user, connection or event ids. The live feed's own
+//! (`switchyard_gateway_redis_reconnects_total`,
+//! `switchyard_gateway_live_decode_errors_total`) are defined in
+//! `switchyard-livefeed`, which runs the subscription.
 
 pub(crate) const CONNECTIONS: &str = "switchyard_gateway_connections";
 pub(crate) const CONNECTIONS_TOTAL: &str = "switchyard_gateway_connections_total";
@@ -11,10 +14,8 @@ pub(crate) const BACKFILLS: &str = "switchyard_gateway_backfills_total";
 pub(crate) const SLOW_CONSUMERS: &str = "switchyard_gateway_slow_consumers_total";
 pub(crate) const AUTH_FAILURES: &str = "switchyard_gateway_auth_failures_total";
 pub(crate) const CLIENT_ERRORS: &str = "switchyard_gateway_client_errors_total";
-pub(crate) const REDIS_RECONNECTS: &str = "switchyard_gateway_redis_reconnects_total";
 pub(crate) const CATCHUP_SECONDS: &str = "switchyard_gateway_catchup_seconds";
 pub(crate) const DRAINING: &str = "switchyard_gateway_draining";
-pub(crate) const LIVE_DECODE_ERRORS: &str = "switchyard_gateway_live_decode_errors_total";
 pub(crate) const RETRIES: &str = "switchyard_gateway_retries_total";
 pub(crate) const STALLED_CLOSES: &str = "switchyard_gateway_stalled_client_closes_total";
 pub(crate) const POLL_WAKEUPS: &str = "switchyard_gateway_poll_wakeups_total";

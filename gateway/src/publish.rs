@@ -8,13 +8,13 @@
 use crate::auth::Identity;
 use crate::error::RequestError;
 use bytes::Bytes;
-use chrono_tz::Tz;
 use std::sync::Arc;
-use std::time::Duration;
 use switchyard_channels::Topology;
+use switchyard_cursorlog::config::StoreConfig;
 use switchyard_cursorlog::event::is_json_content_type;
-use switchyard_cursorlog::live::Publisher;
-use switchyard_cursorlog::{CursorLog, Entry, LogEvent, NewEvent};
+use switchyard_cursorlog::route::{route, Draft, Route};
+use switchyard_cursorlog::CursorLog;
+use switchyard_livefeed::Publisher;
 
 /// What a client publish needs from the node.
 #[derive(Debug)]
@@ -22,9 +22,8 @@ pub struct Publishing<'a> {
     pub log: &'a CursorLog,
     pub topology: Arc<Topology>,
     pub publisher: &'a Publisher,
+    pub store: &'a StoreConfig,
     pub max_publish_bytes: usize,
-    pub retention: Duration,
-    pub lookback_tz: Tz,
 }
 
 impl Publishing<'_> {
@@ -57,57 +56,25 @@ impl Publishing<'_> {
         }
         let keys: Vec<String> = resolved.iter().map(|c| c.key.clone()).collect();
         let ids = self.log.channel_ids(&keys).await?;
-        let mut log_channels = Vec::new();
-        let mut log_ids = Vec::new();
-        let mut ephemeral = Vec::new();
-        for (c, id) in resolved.iter().zip(ids) {
-            if c.ephemeral {
-                ephemeral.push(Entry {
-                    channel: id,
-                    seq: 0,
-                });
-            } else {
-                log_channels.push(c.clone());
-                log_ids.push(id);
-            }
-        }
-        log_ids.sort_unstable();
-        log_ids.dedup();
         let now = chrono::Utc::now();
-        let event_id = format!("client-{}", uuid::Uuid::new_v4().simple());
-        let tenant = identity.entitlements.tenant.clone().unwrap_or_default();
-        let mut live = if log_ids.is_empty() {
-            LogEvent {
-                event_id,
-                topic: topic.to_owned(),
-                tenant,
-                user_id: None,
-                payload,
-                content_type,
-                created_at_ms: now.timestamp_millis(),
-                entries: Vec::new(),
-            }
-        } else {
-            let ev = NewEvent {
-                event_id,
-                topic: topic.to_owned(),
-                tenant,
-                user_id: None,
-                payload,
-                content_type,
-                created_at_ms: now.timestamp_millis(),
-                expires_at: switchyard_cursorlog::event::expires_at(
-                    &log_channels,
-                    now,
-                    self.retention,
-                    self.lookback_tz,
-                ),
-                channels: log_ids,
-            };
-            let mut out = self.log.append_batch(&[ev]).await?;
-            out.appended.pop().ok_or(RequestError::NotStored)?
+        let draft = Draft {
+            event_id: format!("client-{}", uuid::Uuid::new_v4().simple()),
+            topic: topic.to_owned(),
+            tenant: identity.entitlements.tenant.clone().unwrap_or_default(),
+            user_id: None,
+            payload,
+            content_type,
+            created_at_ms: now.timestamp_millis(),
         };
-        live.entries.extend(ephemeral);
+        let live = match route(draft, resolved.iter().zip(ids), now, self.store) {
+            Route::Ephemeral(live) => live,
+            Route::Logged { event, ephemeral } => {
+                let mut out = self.log.append_batch(&[event]).await?;
+                let mut live = out.appended.pop().ok_or(RequestError::NotStored)?;
+                live.entries.extend(ephemeral);
+                live
+            }
+        };
         self.publisher.publish(std::slice::from_ref(&live)).await;
         tracing::debug!(topic, user = %identity.user, event_id = %live.event_id, "client publish stored");
         Ok(())

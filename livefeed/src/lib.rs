@@ -1,0 +1,39 @@
+//! `switchyard-livefeed`: the Redis live feed that carries committed events
+//! from their writers (the bridge, and gateways for client publishes) to the
+//! gateway fleet.
+//!
+//! Where things are:
+//! - [`naming`]: Redis channel names ([`live_channel`], [`live_pattern`]).
+//! - [`wire`]: the live-event wire format ([`encode`], [`decode`]), stamped
+//!   with the log epoch.
+//! - [`publisher`]: [`Publisher`], one pipelined publish per batch.
+//! - [`subscriber`]: [`subscribe`], the reconnecting pattern subscription
+//!   that hands events to a [`LiveSink`].
+//!
+//! The invariant a maintainer must not break: the feed is an accelerator,
+//! never the truth. A publish that fails is counted, not retried into a
+//! duplicate; a subscriber that (re)connects tells its sink to resync from
+//! PostgreSQL only once its subscription is active, so nothing published
+//! while it was away is lost between the two.
+
+mod metrics;
+pub mod naming;
+pub mod publisher;
+pub mod subscriber;
+pub mod wire;
+
+pub use naming::{live_channel, live_pattern};
+pub use publisher::Publisher;
+pub use subscriber::{subscribe, LiveSink, SubscriberConfig};
+pub use wire::{decode, encode};
+
+/// What can go wrong at the live feed's boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// Redis could not be reached (the publisher's start-up connection).
+    #[error("connecting to Redis (SWITCHYARD_REDIS_URL): {0}")]
+    Connect(#[from] redis::RedisError),
+    /// A message on a live channel is not a live event.
+    #[error("undecodable live event: {0}")]
+    Decode(#[from] prost::DecodeError),
+}
