@@ -13,7 +13,6 @@
 
 pub mod jwks;
 
-use crate::config::GatewayConfig;
 use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use jwks::{Jwks, KeySet};
 use serde::Deserialize;
@@ -114,6 +113,19 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+/// The token settings of the gateway's configuration
+/// (`SWITCHYARD_JWT_*`), as [`Authenticator::from_config`] takes them.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub hs256_secret: Option<String>,
+    pub public_key_pem: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub jwks: Option<jwks::JwksSource>,
+    pub jwks_refresh: std::time::Duration,
+    pub leeway_secs: u64,
+}
+
 impl Authenticator {
     /// Builds from the configured secret and/or PEM public key (no JWKS).
     pub fn new(
@@ -130,21 +142,18 @@ impl Authenticator {
     /// (read once here, so an unreadable one fails start-up naming
     /// `SWITCHYARD_JWT_JWKS`) and the leeway. Spawn [`Self::run_refresh`]
     /// to keep the JWKS fresh.
-    pub async fn from_config(cfg: &GatewayConfig) -> Result<Self, String> {
-        let keys = static_keys(
-            cfg.jwt_hs256_secret.as_deref(),
-            cfg.jwt_public_key_pem.as_deref(),
-        )?;
-        let jwks = match &cfg.jwt_jwks {
+    pub async fn from_config(cfg: &AuthConfig) -> Result<Self, String> {
+        let keys = static_keys(cfg.hs256_secret.as_deref(), cfg.public_key_pem.as_deref())?;
+        let jwks = match &cfg.jwks {
             None => None,
             Some(source) => Some(
-                Jwks::load(source.clone(), cfg.jwt_jwks_refresh)
+                Jwks::load(source.clone(), cfg.jwks_refresh)
                     .await
                     .map_err(|e| format!("SWITCHYARD_JWT_JWKS: {e}"))?,
             ),
         };
-        let auth = Self::build(keys, jwks, cfg.jwt_issuer.clone(), cfg.jwt_audience.clone())?;
-        Ok(auth.with_leeway(cfg.jwt_leeway_secs))
+        let auth = Self::build(keys, jwks, cfg.issuer.clone(), cfg.audience.clone())?;
+        Ok(auth.with_leeway(cfg.leeway_secs))
     }
 
     fn build(
@@ -512,6 +521,7 @@ mod tests {
     }
 
     use super::jwks::tests::{jwks_of, TempJwks, JWK_ES256_C, JWK_RS256_A, JWK_RS256_B};
+    use crate::config::GatewayConfig;
     use std::time::Duration;
 
     /// An authenticator configured the way the gateway does it.
@@ -524,7 +534,7 @@ mod tests {
         v.extend_from_slice(vars);
         let cfg = GatewayConfig::from_source(&switchyard_ops::config::Source::from_map(v))
             .map_err(|e| e.to_string())?;
-        Authenticator::from_config(&cfg).await
+        Authenticator::from_config(&cfg.auth()).await
     }
 
     #[tokio::test]

@@ -66,6 +66,21 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// The token settings, for [`crate::auth::Authenticator::from_config`].
+    pub fn auth(&self) -> crate::auth::AuthConfig {
+        crate::auth::AuthConfig {
+            hs256_secret: self.jwt_hs256_secret.clone(),
+            public_key_pem: self.jwt_public_key_pem.clone(),
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            jwks: self.jwt_jwks.clone(),
+            jwks_refresh: self.jwt_jwks_refresh,
+            leeway_secs: self.jwt_leeway_secs,
+        }
+    }
+}
+
+impl GatewayConfig {
     pub fn from_source(s: &Source) -> Result<Self, ConfigError> {
         let jwt_hs256_secret = s.get("SWITCHYARD_JWT_HS256_SECRET").map(str::to_owned);
         let jwt_public_key_pem = match s.get("SWITCHYARD_JWT_PUBLIC_KEY") {

@@ -16,8 +16,8 @@
 //!   share: the go-live request, a subscription's spec and progress, a
 //!   connection's byte- and frame-bounded outbound queue.
 //! - [`wakers`]: per-channel wake-ups for long-polls.
-//! - [`http`], [`auth`], [`error`], [`protocol`], [`config`]: request
-//!   helpers, JWT verification, typed errors, client frames, configuration.
+//! - [`http`], [`config`], [`auth`], [`error`], [`protocol`]: request
+//!   helpers, configuration, JWT verification, typed errors, client frames.
 //!
 //! The invariant a maintainer must not break: a subscription receives every
 //! entry of each of its channels after its cursor exactly once and in order;
@@ -191,7 +191,7 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
     let topology = Topology::load(&cfg.topology)
         .with_context(|| format!("SWITCHYARD_TOPOLOGY={}", cfg.topology.display()))?;
     let topology = TopologyHandle::new(topology);
-    let auth = auth::Authenticator::from_config(&cfg)
+    let auth = auth::Authenticator::from_config(&cfg.auth())
         .await
         .map_err(anyhow::Error::msg)?;
     let log = cfg.store.connect().await?;

@@ -1,6 +1,6 @@
 //! The gateway's modules import each other in one direction only: each
 //! module may use only modules listed after it in `LAYERS` (the order of
-//! `src/lib.rs`'s documentation). Run `cargo test -p switchyard-gateway
+//! `src/lib.rs`'s documentation); unit tests (`#[cfg(test)]`) are exempt. Run `cargo test -p switchyard-gateway
 //! --test module_graph` to check; a new module must be added here.
 
 #![allow(clippy::unwrap_used)]
@@ -24,10 +24,10 @@ const LAYERS: &[&str] = &[
     "outbound",
     "wakers",
     "http",
+    "config",
     "auth",
     "error",
     "protocol",
-    "config",
     "metrics",
 ];
 
@@ -91,7 +91,9 @@ fn modules_import_each_other_in_one_direction() {
         };
         for f in files {
             let text = std::fs::read_to_string(&f).unwrap();
-            for used in uses(&text) {
+            // Unit tests may use anything.
+            let text = text.split("#[cfg(test)]").next().unwrap_or("");
+            for used in uses(text) {
                 // `crate::Node` and other root items belong to lib.rs (the
                 // composition root), which only `server`, `session` and
                 // `poll` may use.
