@@ -27,6 +27,7 @@ use crate::subscription::{set_position, Progress, SubSpec};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use switchyard_cursorlog::cursor::CursorCodec;
 use switchyard_cursorlog::CursorLog;
 use switchyard_ops::backoff::Backoff;
 use tokio::sync::Semaphore;
@@ -35,7 +36,8 @@ use tokio::sync::Semaphore;
 #[derive(Debug)]
 pub struct CatchupContext {
     pub log: CursorLog,
-    pub epoch: Arc<str>,
+    /// Encodes the cursors of replayed messages.
+    pub cursors: CursorCodec,
     /// Bounds concurrent page reads against PostgreSQL.
     pub read_permits: Semaphore,
     pub replay_page: i64,
@@ -174,7 +176,7 @@ async fn deliver(
     if earlier || for_other_user {
         return Flow::Skipped;
     }
-    let cursor = switchyard_cursorlog::cursor::encode_parts(&ctx.epoch, guard.iter().copied());
+    let cursor = ctx.cursors.encode(guard.iter().copied());
     let frame = protocol::encode_message(spec.protocol, &event, &cursor);
     // Never hold the lock on a blocked client past cancellation: the shard
     // reads these positions when it removes the subscription. No read permit

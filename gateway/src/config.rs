@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use switchyard_cursorlog::config::StoreConfig;
+use switchyard_cursorlog::cursor::{CursorKey, MIN_KEY_BYTES};
 use switchyard_ops::config::{ConfigError, Source};
 
 use crate::auth::jwks::JwksSource;
@@ -63,6 +64,9 @@ pub struct GatewayConfig {
     pub tcp_keepalive: Duration,
     /// Concurrent long-polls on this node.
     pub max_polls: usize,
+    /// Signs and checks cursors (`SWITCHYARD_CURSOR_KEY`, or derived from
+    /// the HS256 secret); `None`: cursors are unsigned.
+    pub cursor_key: Option<CursorKey>,
 }
 
 impl GatewayConfig {
@@ -148,6 +152,18 @@ impl GatewayConfig {
                 });
             }
         }
+        let cursor_key = match s.get("SWITCHYARD_CURSOR_KEY") {
+            Some(k) => Some(CursorKey::new(k.as_bytes()).ok_or_else(|| ConfigError::Invalid {
+                var: "SWITCHYARD_CURSOR_KEY".into(),
+                value: "<hidden>".into(),
+                reason: format!(
+                    "use at least {MIN_KEY_BYTES} bytes (e.g. `openssl rand -hex 32`), the same on every gateway"
+                ),
+            })?),
+            None => jwt_hs256_secret
+                .as_deref()
+                .map(|s| CursorKey::derive(s.as_bytes(), "switchyard cursor key v1")),
+        };
         Ok(GatewayConfig {
             store: StoreConfig::from_source(s, 16)?,
             topology: PathBuf::from(s.required(
@@ -180,6 +196,7 @@ impl GatewayConfig {
             header_timeout: s.millis_or("SWITCHYARD_HEADER_TIMEOUT_MS", 10_000)?,
             tcp_keepalive: Duration::from_secs(s.parse_or("SWITCHYARD_TCP_KEEPALIVE_SECONDS", 60)?),
             max_polls: s.parse_or("SWITCHYARD_MAX_POLLS", 2_000)?,
+            cursor_key,
         })
     }
 }

@@ -55,6 +55,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use switchyard_channels::{Topology, TopologyHandle};
+use switchyard_cursorlog::cursor::CursorCodec;
 use switchyard_cursorlog::CursorLog;
 use switchyard_livefeed::Publisher;
 use tokio::sync::Semaphore;
@@ -74,6 +75,7 @@ pub struct Node {
     pub(crate) feed: Arc<livefeed::FeedState>,
     pub(crate) wakers: Arc<wakers::ChannelWakers>,
     pub(crate) poll_slots: Semaphore,
+    pub(crate) cursors: CursorCodec,
     pub(crate) draining: AtomicBool,
     /// Last readiness check (refreshed in the background, so a flood of
     /// `/readyz` requests never reaches PostgreSQL).
@@ -89,6 +91,7 @@ impl Node {
     pub(crate) fn planner(&self) -> subscribe::Planner<'_> {
         subscribe::Planner {
             log: &self.log,
+            cursors: &self.cursors,
             topology: self.topology.current(),
             lookback_tz: self.cfg.store.lookback_tz,
         }
@@ -202,8 +205,12 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
     let shards = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
+    let cursors = CursorCodec::new(log.epoch(), cfg.cursor_key.clone());
+    if !cursors.signed() {
+        tracing::warn!("cursors are unsigned: set SWITCHYARD_CURSOR_KEY (the same on every gateway) so clients cannot forge positions");
+    }
     let catchup = Arc::new(catchup::CatchupContext {
-        epoch: log.epoch().into(),
+        cursors: cursors.clone(),
         log: log.clone(),
         read_permits: Semaphore::new(cfg.catchup_concurrency.max(1)),
         replay_page: cfg.replay_page.max(1),
@@ -229,6 +236,7 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
         feed: feed.clone(),
         wakers: wakers.clone(),
         poll_slots: Semaphore::new(cfg.max_polls.max(1)),
+        cursors,
         draining: AtomicBool::new(false),
         readiness: RwLock::new(Err("starting".into())),
         sub_ids: AtomicU64::new(1),

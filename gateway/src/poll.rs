@@ -166,7 +166,7 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: PollContext<'_>) -> Resp
         }
     }
     drop(watch);
-    let cursor = switchyard_cursorlog::cursor::encode_parts(log.epoch(), positions.iter().copied());
+    let cursor = ctx.planner.cursors.encode(positions.iter().copied());
     let mut body = Vec::with_capacity(64 + messages.iter().map(|m| m.len() + 1).sum::<usize>());
     body.extend_from_slice(b"{\"messages\":[");
     for (i, m) in messages.iter().enumerate() {

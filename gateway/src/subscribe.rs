@@ -14,6 +14,7 @@ use chrono_tz::Tz;
 use std::collections::HashMap;
 use std::sync::Arc;
 use switchyard_channels::{LookBack, Topology};
+use switchyard_cursorlog::cursor::CursorCodec;
 use switchyard_cursorlog::{Cursor, CursorLog};
 
 /// Where a subscription starts.
@@ -77,6 +78,8 @@ pub fn trust_cursor(
 #[derive(Debug, Clone)]
 pub struct Planner<'a> {
     pub log: &'a CursorLog,
+    /// Decodes (and checks the signature of) clients' cursors.
+    pub cursors: &'a CursorCodec,
     pub topology: Arc<Topology>,
     pub lookback_tz: Tz,
 }
@@ -111,7 +114,7 @@ impl Planner<'_> {
 
         let (known, recovered) = match (prior, cursor) {
             (Some(prior), _) => (prior.iter().copied().collect(), false),
-            (None, Some(text)) => match Cursor::decode(text) {
+            (None, Some(text)) => match self.cursors.decode(text) {
                 Ok(c) => trust_cursor(&c, self.log.epoch(), &channel_ids, &heads),
                 Err(e) => {
                     tracing::debug!(topic, error = %e, "bad cursor; replaying lookback");

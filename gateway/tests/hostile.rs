@@ -301,3 +301,41 @@ async fn connections_past_the_node_cap_wait_for_a_free_slot() {
         "the waiting connection was served once a slot freed"
     );
 }
+
+/// Cursors are signed by the fleet: a client that rewrites one (to read from
+/// the start of retention, far beyond its lookback) gets `recovered: false`
+/// and the lookback replay, not the positions it asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_cursors_are_not_trusted() {
+    let s = stack(&[]).await;
+    let mut c = Client::connect(&s.gateway(0).ws_url(), &token("f", &["Sfc"], &[], 600))
+        .await
+        .unwrap();
+    c.subscribe("News", None).await.unwrap();
+    s.produce(&[news("f1", &["Sfc"], 1), news("f2", &["Sfc"], 2)])
+        .await
+        .unwrap();
+    let msgs = c.messages(2, T).await.unwrap();
+    let genuine = msgs[1]["cursor"].as_str().unwrap().to_owned();
+    c.close().await;
+    // The genuine cursor resumes.
+    let mut c = Client::connect(&s.gateway(0).ws_url(), &token("f", &["Sfc"], &[], 600))
+        .await
+        .unwrap();
+    let r = c.subscribe("News", Some(&genuine)).await.unwrap();
+    assert_eq!(r["recovered"], true, "{r}");
+    // The same positions moved back to 0, re-encoded without the fleet's key.
+    let decoded = switchyard_cursorlog::Cursor::decode(&genuine).unwrap();
+    let forged = switchyard_cursorlog::cursor::encode_parts(
+        &decoded.epoch,
+        decoded.positions.iter().map(|(ch, _)| (*ch, 0)),
+    );
+    let mut c = Client::connect(
+        &s.gateway(1 % s.gateways.len()).ws_url(),
+        &token("f", &["Sfc"], &[], 600),
+    )
+    .await
+    .unwrap();
+    let r = c.subscribe("News", Some(&forged)).await.unwrap();
+    assert_eq!(r["recovered"], false, "a forged cursor was trusted: {r}");
+}

@@ -358,20 +358,17 @@ impl Shard {
                     Some(f) => f.clone(),
                     None => {
                         let channels = &self.channels;
-                        let cursor = switchyard_cursorlog::cursor::encode_parts(
-                            &self.catchup.epoch,
-                            sub.channels.iter().map(|c| {
-                                let pos = if via.contains(c) {
-                                    ev.seq_in(*c).filter(|s| *s > 0)
-                                } else {
-                                    None
-                                };
-                                let pos = pos.unwrap_or_else(|| {
-                                    channels.get(c).and_then(|s| s.last_seen).unwrap_or(0)
-                                });
-                                (*c, pos)
-                            }),
-                        );
+                        let cursor = self.catchup.cursors.encode(sub.channels.iter().map(|c| {
+                            let pos = if via.contains(c) {
+                                ev.seq_in(*c).filter(|s| *s > 0)
+                            } else {
+                                None
+                            };
+                            let pos = pos.unwrap_or_else(|| {
+                                channels.get(c).and_then(|s| s.last_seen).unwrap_or(0)
+                            });
+                            (*c, pos)
+                        }));
                         let f = protocol::encode_message(sub.spec.protocol, ev, &cursor);
                         frames.insert(key, f.clone());
                         f

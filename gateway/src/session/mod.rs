@@ -219,11 +219,7 @@ pub(crate) async fn run<S>(
 
 impl Session {
     fn planner(&self) -> Planner<'_> {
-        Planner {
-            log: &self.node.log,
-            topology: self.node.topology.current(),
-            lookback_tz: self.node.cfg.store.lookback_tz,
-        }
+        self.node.planner()
     }
 
     async fn send(&self, reply: Reply<'_>) {
