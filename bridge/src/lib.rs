@@ -82,8 +82,16 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
         .with_context(|| format!("SWITCHYARD_TOPOLOGY={}", cfg.topology.display()))?;
     let topology = TopologyHandle::new(topology);
     let log = cfg.store.connect().await?;
-    let publisher =
-        Publisher::connect(&cfg.store.redis_url, &cfg.store.redis_prefix, log.epoch()).await?;
+    let publisher = Publisher::connect(
+        &cfg.store.redis_url,
+        &cfg.store.redis_prefix,
+        log.epoch(),
+        cfg.store
+            .live_key
+            .as_deref()
+            .map(|k| switchyard_livefeed::LiveKey::new(k.as_bytes())),
+    )
+    .await?;
 
     let mut consumer_cfg = kafka_config(
         &cfg,

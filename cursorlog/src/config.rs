@@ -23,7 +23,14 @@ pub struct StoreConfig {
     pub lookback_tz: chrono_tz::Tz,
     /// Minimum retention of entries for cursor catch-up.
     pub retention: Duration,
+    /// Secret that authenticates live messages on Redis
+    /// (`SWITCHYARD_LIVE_KEY`, the same for the bridge and every gateway);
+    /// `None`: live messages are not authenticated.
+    pub live_key: Option<String>,
 }
+
+/// Shortest `SWITCHYARD_LIVE_KEY` accepted.
+pub const MIN_LIVE_KEY_BYTES: usize = 32;
 
 /// Why the log could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +62,18 @@ impl StoreConfig {
             retention: Duration::from_secs(
                 60 * s.parse_or::<u64>("SWITCHYARD_RETENTION_MINUTES", 1440)?,
             ),
+            live_key: match s.get("SWITCHYARD_LIVE_KEY") {
+                Some(k) if k.len() < MIN_LIVE_KEY_BYTES => {
+                    return Err(ConfigError::Invalid {
+                        var: "SWITCHYARD_LIVE_KEY".into(),
+                        value: "<hidden>".into(),
+                        reason: format!(
+                            "use at least {MIN_LIVE_KEY_BYTES} bytes (e.g. `openssl rand -hex 32`), the same for the bridge and every gateway"
+                        ),
+                    })
+                }
+                k => k.map(str::to_owned),
+            },
         })
     }
 

@@ -121,6 +121,7 @@ mod tests {
             redis_prefix: "t".into(),
             lookback_tz: chrono_tz::UTC,
             retention: Duration::from_secs(60),
+            live_key: None,
         }
     }
 

@@ -198,8 +198,21 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
         .await
         .map_err(anyhow::Error::msg)?;
     let log = cfg.store.connect().await?;
-    let publisher =
-        Publisher::connect(&cfg.store.redis_url, &cfg.store.redis_prefix, log.epoch()).await?;
+    let live_key = cfg
+        .store
+        .live_key
+        .as_deref()
+        .map(|k| switchyard_livefeed::LiveKey::new(k.as_bytes()));
+    if live_key.is_none() {
+        tracing::warn!("live messages are not authenticated: set SWITCHYARD_LIVE_KEY (the same for the bridge and every gateway) so whoever can publish on Redis cannot inject or suppress messages");
+    }
+    let publisher = Publisher::connect(
+        &cfg.store.redis_url,
+        &cfg.store.redis_prefix,
+        log.epoch(),
+        live_key.clone(),
+    )
+    .await?;
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
     let shards = std::thread::available_parallelism()
@@ -248,9 +261,12 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
     tasks.spawn(node.clone().refresh_readiness(background.clone()));
     tasks.spawn(node.auth.clone().run_refresh(background.clone()));
     tasks.spawn(livefeed::run(
-        cfg.store.redis_url.clone(),
-        switchyard_livefeed::live_pattern(&cfg.store.redis_prefix),
-        log.epoch().to_owned(),
+        switchyard_livefeed::SubscriberConfig {
+            redis_url: cfg.store.redis_url.clone(),
+            pattern: switchyard_livefeed::live_pattern(&cfg.store.redis_prefix),
+            epoch: log.epoch().to_owned(),
+            key: live_key,
+        },
         fanout,
         feed,
         wakers,

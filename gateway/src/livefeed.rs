@@ -26,19 +26,12 @@ pub struct FeedState {
 
 /// Runs the feed until cancelled.
 pub async fn run(
-    redis_url: String,
-    pattern: String,
-    epoch: String,
+    cfg: SubscriberConfig,
     fanout: Fanout,
     state: Arc<FeedState>,
     wakers: Arc<ChannelWakers>,
     cancel: CancellationToken,
 ) {
-    let cfg = SubscriberConfig {
-        redis_url,
-        pattern,
-        epoch,
-    };
     let sink = NodeSink {
         fanout,
         state,

@@ -339,3 +339,50 @@ async fn forged_cursors_are_not_trusted() {
     let r = c.subscribe("News", Some(&forged)).await.unwrap();
     assert_eq!(r["recovered"], false, "a forged cursor was trusted: {r}");
 }
+
+/// With `SWITCHYARD_LIVE_KEY`, whoever can publish on Redis but lacks the key
+/// can neither inject a message nor suppress a real one by claiming its
+/// sequence number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_live_messages_neither_reach_clients_nor_suppress_real_ones() {
+    let key = "live-key-for-tests-0123456789abcdef";
+    let s = stack(&[("SWITCHYARD_LIVE_KEY", key)]).await;
+    let mut c = Client::connect(&s.gateway(0).ws_url(), &token("l", &["Sfc"], &[], 600))
+        .await
+        .unwrap();
+    c.subscribe("News", None).await.unwrap();
+    s.produce(&[news("real1", &["Sfc"], 1)]).await.unwrap();
+    let first = c.messages(1, T).await.unwrap();
+    let cursor =
+        switchyard_cursorlog::Cursor::decode(first[0]["cursor"].as_str().unwrap()).unwrap();
+    // The attacker knows the epoch and the next sequence of every channel,
+    // and publishes without the key.
+    let attacker =
+        switchyard_livefeed::Publisher::connect(&s.redis_url, &s.prefix, &cursor.epoch, None)
+            .await
+            .unwrap();
+    let forged = switchyard_cursorlog::LogEvent {
+        event_id: "forged".into(),
+        topic: "News".into(),
+        tenant: String::new(),
+        user_id: None,
+        payload: bytes::Bytes::from_static(b"{\"n\":666}"),
+        content_type: "application/json".into(),
+        created_at_ms: now_ms(),
+        entries: cursor
+            .positions
+            .iter()
+            .map(|(ch, seq)| switchyard_cursorlog::Entry {
+                channel: *ch,
+                seq: seq + 1,
+            })
+            .collect(),
+    };
+    attacker.publish(&[forged]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.produce(&[news("real2", &["Sfc"], 2)]).await.unwrap();
+    let next = c.messages(1, T).await.unwrap();
+    assert_eq!(next[0]["id"], "real2", "{}", next[0]);
+    c.expect_silence(Duration::from_millis(800)).await.unwrap();
+    assert!(metric(&s, "switchyard_gateway_live_unauthenticated_total") >= 1.0);
+}

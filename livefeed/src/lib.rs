@@ -25,7 +25,7 @@ pub mod wire;
 pub use naming::{live_channel, live_pattern};
 pub use publisher::Publisher;
 pub use subscriber::{subscribe, LiveSink, SubscriberConfig};
-pub use wire::{decode, encode};
+pub use wire::{decode, decode_with, encode, encode_with, LiveKey};
 
 /// What can go wrong at the live feed's boundary.
 #[derive(Debug, thiserror::Error)]
@@ -36,4 +36,7 @@ pub enum FeedError {
     /// A message on a live channel is not a live event.
     #[error("undecodable live event: {0}")]
     Decode(#[from] prost::DecodeError),
+    /// A message without a valid MAC while live messages are authenticated.
+    #[error("live message not authenticated with SWITCHYARD_LIVE_KEY")]
+    Unauthenticated,
 }

@@ -11,3 +11,6 @@ pub(crate) const PUBLISH_ERRORS: &str = "switchyard_live_publish_errors_total";
 pub(crate) const REDIS_RECONNECTS: &str = "switchyard_gateway_redis_reconnects_total";
 /// Live messages ignored: undecodable, or stamped with another log epoch.
 pub(crate) const LIVE_DECODE_ERRORS: &str = "switchyard_gateway_live_decode_errors_total";
+/// Live messages dropped because they carry no valid MAC (forged, or a key
+/// mismatch between bridge and gateways).
+pub(crate) const LIVE_UNAUTHENTICATED: &str = "switchyard_gateway_live_unauthenticated_total";

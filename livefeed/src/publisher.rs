@@ -9,6 +9,7 @@
 
 use crate::metrics as m;
 use crate::naming::live_channel;
+use crate::wire::LiveKey;
 use crate::{wire, FeedError};
 use redis::aio::ConnectionManager;
 use std::time::Duration;
@@ -20,6 +21,7 @@ pub struct Publisher {
     conn: ConnectionManager,
     prefix: String,
     epoch: String,
+    key: Option<LiveKey>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -32,8 +34,13 @@ impl std::fmt::Debug for Publisher {
 
 impl Publisher {
     /// Connects to `redis_url`; events go to channels under `prefix`,
-    /// stamped with the log `epoch`.
-    pub async fn connect(redis_url: &str, prefix: &str, epoch: &str) -> Result<Self, FeedError> {
+    /// stamped with the log `epoch` and authenticated with `key` when given.
+    pub async fn connect(
+        redis_url: &str,
+        prefix: &str,
+        epoch: &str,
+        key: Option<LiveKey>,
+    ) -> Result<Self, FeedError> {
         let client = redis::Client::open(redis_url)?;
         let cfg = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_secs(2))
@@ -44,6 +51,7 @@ impl Publisher {
             conn,
             prefix: prefix.to_owned(),
             epoch: epoch.to_owned(),
+            key,
         })
     }
 
@@ -56,7 +64,7 @@ impl Publisher {
         for ev in events {
             pipe.publish(
                 live_channel(&self.prefix, &ev.topic),
-                wire::encode(ev, &self.epoch),
+                wire::encode_with(ev, &self.epoch, self.key.as_ref()),
             )
             .ignore();
         }

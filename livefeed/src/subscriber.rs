@@ -9,6 +9,8 @@
 
 use crate::metrics as m;
 use crate::wire;
+use crate::wire::LiveKey;
+use crate::FeedError;
 use futures::StreamExt as _;
 use std::future::Future;
 use std::time::Duration;
@@ -28,6 +30,8 @@ pub struct SubscriberConfig {
     /// The epoch of the log this process reads; events stamped with another
     /// are dropped (their sequence numbers belong to another log).
     pub epoch: String,
+    /// With a key, messages not authenticated with it are dropped.
+    pub key: Option<LiveKey>,
 }
 
 /// What the subscriber feeds. Calls come from one task, in order.
@@ -84,11 +88,15 @@ pub async fn subscribe(cfg: SubscriberConfig, sink: impl LiveSink, cancel: Cance
                 msg = messages.next() => msg,
             };
             let Some(msg) = msg else { break };
-            match wire::decode(msg.get_payload_bytes()) {
+            match wire::decode_with(msg.get_payload_bytes(), cfg.key.as_ref()) {
                 Ok((epoch, event)) if epoch == cfg.epoch => sink.event(event).await,
                 Ok((epoch, _)) => {
                     metrics::counter!(m::LIVE_DECODE_ERRORS).increment(1);
                     tracing::error!(expected = %cfg.epoch, got = %epoch, "live event from another log epoch; was the database reset? restart this node");
+                }
+                Err(FeedError::Unauthenticated) => {
+                    metrics::counter!(m::LIVE_UNAUTHENTICATED).increment(1);
+                    tracing::warn!("live message without a valid MAC ignored; is SWITCHYARD_LIVE_KEY the same on the bridge and every gateway?");
                 }
                 Err(e) => {
                     metrics::counter!(m::LIVE_DECODE_ERRORS).increment(1);

@@ -8,7 +8,10 @@
 //! not its own log's: its sequence numbers belong to another log.
 
 use crate::FeedError;
+use hmac::{Hmac, Mac};
 use prost::Message as _;
+use sha2::Sha256;
+use std::sync::Arc;
 use switchyard_cursorlog::{Entry, LogEvent};
 use switchyard_proto::internal;
 
@@ -33,6 +36,67 @@ pub fn encode(event: &LogEvent, epoch: &str) -> Vec<u8> {
         tenant: event.tenant.clone(),
     }
     .encode_to_vec()
+}
+
+/// Marks an authenticated message: `S1`, a 16-byte MAC, then the event.
+const SIGNED: &[u8; 2] = b"S1";
+const MAC_BYTES: usize = 16;
+
+/// The secret shared by the bridge and every gateway that authenticates live
+/// messages, so whoever can publish on Redis cannot inject a message nor
+/// suppress a real one by claiming its sequence number.
+#[derive(Clone)]
+pub struct LiveKey(Arc<[u8]>);
+
+impl std::fmt::Debug for LiveKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveKey(<hidden>)")
+    }
+}
+
+impl LiveKey {
+    pub fn new(secret: &[u8]) -> Self {
+        LiveKey(secret.into())
+    }
+
+    fn mac(&self, body: &[u8]) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(body);
+        mac
+    }
+}
+
+/// Encodes for Redis, authenticated when there is a key.
+pub fn encode_with(event: &LogEvent, epoch: &str, key: Option<&LiveKey>) -> Vec<u8> {
+    let body = encode(event, epoch);
+    let Some(key) = key else {
+        return body;
+    };
+    let mut out = Vec::with_capacity(SIGNED.len() + MAC_BYTES + body.len());
+    out.extend_from_slice(SIGNED);
+    out.extend_from_slice(&key.mac(&body).finalize().into_bytes()[..MAC_BYTES]);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decodes a Redis message; with a key, only messages authenticated with it
+/// are accepted ([`FeedError::Unauthenticated`] otherwise).
+pub fn decode_with(bytes: &[u8], key: Option<&LiveKey>) -> Result<(String, LogEvent), FeedError> {
+    let Some(key) = key else {
+        return decode(bytes);
+    };
+    let Some(rest) = bytes.strip_prefix(SIGNED.as_slice()) else {
+        return Err(FeedError::Unauthenticated);
+    };
+    if rest.len() < MAC_BYTES {
+        return Err(FeedError::Unauthenticated);
+    }
+    let (tag, body) = rest.split_at(MAC_BYTES);
+    key.mac(body)
+        .verify_truncated_left(tag)
+        .map_err(|_| FeedError::Unauthenticated)?;
+    decode(body)
 }
 
 /// Decodes a Redis message into the epoch it was stamped with and the event.
@@ -90,5 +154,43 @@ mod tests {
     #[test]
     fn garbage_is_an_error() {
         assert!(matches!(decode(b"\xff\xff"), Err(FeedError::Decode(_))));
+    }
+
+    #[test]
+    fn authenticated_messages_need_the_key() {
+        let ev = LogEvent {
+            event_id: "e".into(),
+            topic: "T".into(),
+            tenant: String::new(),
+            user_id: None,
+            payload: bytes::Bytes::from_static(b"{}"),
+            content_type: "application/json".into(),
+            created_at_ms: 1,
+            entries: vec![Entry { channel: 1, seq: 2 }],
+        };
+        let key = LiveKey::new(&[9u8; 32]);
+        let signed = encode_with(&ev, "ep", Some(&key));
+        let (epoch, back) = decode_with(&signed, Some(&key)).unwrap();
+        assert_eq!((epoch.as_str(), back.event_id.as_str()), ("ep", "e"));
+        // Unsigned, signed with another key, or tampered with: refused.
+        let plain = encode(&ev, "ep");
+        assert!(matches!(
+            decode_with(&plain, Some(&key)),
+            Err(FeedError::Unauthenticated)
+        ));
+        let other = encode_with(&ev, "ep", Some(&LiveKey::new(&[8u8; 32])));
+        assert!(matches!(
+            decode_with(&other, Some(&key)),
+            Err(FeedError::Unauthenticated)
+        ));
+        let mut tampered = signed.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(matches!(
+            decode_with(&tampered, Some(&key)),
+            Err(FeedError::Unauthenticated)
+        ));
+        // Without a key, plain messages decode as before.
+        assert!(decode_with(&plain, None).is_ok());
     }
 }

@@ -57,8 +57,10 @@ fn event(id: &str) -> LogEvent {
 async fn resync_follows_an_active_subscription_and_other_epochs_are_dropped() {
     let url = switchyard_testkit::redis_base();
     let prefix = format!("livefeed-test-{}", uuid::Uuid::new_v4().simple());
-    let publisher = Publisher::connect(&url, &prefix, "ep").await.unwrap();
-    let foreign = Publisher::connect(&url, &prefix, "other").await.unwrap();
+    let publisher = Publisher::connect(&url, &prefix, "ep", None).await.unwrap();
+    let foreign = Publisher::connect(&url, &prefix, "other", None)
+        .await
+        .unwrap();
     let calls = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::new(tokio::sync::Notify::new());
     let cancel = CancellationToken::new();
@@ -67,6 +69,7 @@ async fn resync_follows_an_active_subscription_and_other_epochs_are_dropped() {
             redis_url: url,
             pattern: live_pattern(&prefix),
             epoch: "ep".into(),
+            key: None,
         },
         Recorder {
             calls: calls.clone(),
