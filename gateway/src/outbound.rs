@@ -128,8 +128,14 @@ impl OutboundRx {
     /// Receives up to `limit` frames into `out`; 0 when every sender is gone.
     /// Their bytes return to the budget when [`OutboundRx::release`] is
     /// called after writing.
-    pub async fn recv_many(&mut self, out: &mut Vec<(Outbound, u32)>, limit: usize) -> usize {
-        self.rx.recv_many(out, limit).await
+    pub fn recv_many<'a>(
+        &'a mut self,
+        out: &'a mut Vec<(Outbound, u32)>,
+        limit: usize,
+    ) -> impl std::future::Future<Output = usize> + 'a {
+        // The channel's own future, not a wrapper: it sits in every idle
+        // writer's task.
+        self.rx.recv_many(out, limit)
     }
 
     /// Gives written frames' bytes back to the budget.

@@ -191,7 +191,8 @@ pub(crate) async fn run<S>(
                     Box::pin(session.reresolve()).await;
                 }
             }
-            _ = writer::sleep_until_opt(retry), if retry.is_some() => {
+            // Boxed when set: an idle session does not carry a timer.
+            _ = async { match retry { Some(at) => Box::pin(tokio::time::sleep_until(at)).await, None => std::future::pending().await } }, if retry.is_some() => {
                 session.reresolve_at = None;
                 Box::pin(session.reresolve()).await;
             }

@@ -75,13 +75,6 @@ fn until(exp: u64) -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(left)
 }
 
-pub(crate) async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 pub(crate) async fn run<W>(mut w: W, cfg: WriterConfig, links: WriterLinks)
 where
     W: AsyncWrite + Unpin,
@@ -111,8 +104,8 @@ where
     tokio::pin!(drain_signal);
     let conn_ended = connection.cancelled();
     tokio::pin!(conn_ended);
-    let token_expiry = tokio::time::sleep_until(until(*expiry.borrow()));
-    tokio::pin!(token_expiry);
+    let deadline = tokio::time::sleep_until(until(*expiry.borrow()));
+    tokio::pin!(deadline);
     let mut closing = false;
     let mut expiry_open = true;
     let mut drain_at: Option<tokio::time::Instant> = None;
@@ -129,27 +122,35 @@ where
                 // takes this node's clients back spread over it rather than
                 // all at once (and without trusting clients to wait).
                 let spread = cfg.drain_window.as_millis().max(1) as u64;
-                let at = Duration::from_millis(rand::random::<u64>() % spread);
-                drain_at = Some(tokio::time::Instant::now() + at);
+                let at = tokio::time::Instant::now()
+                    + Duration::from_millis(rand::random::<u64>() % spread);
+                drain_at = Some(at);
+                deadline.as_mut().reset(at.min(until(*expiry.borrow())));
             }
-            _ = sleep_until_opt(drain_at), if !closing && drain_at.is_some() => {
-                // A little jitter on top, for clients that share a node.
-                let after_ms = rand::random::<u64>() % 250;
-                let f = protocol::encode_reply(cfg.protocol, &Reply::Reconnect { after_ms });
-                batch.push((Outbound::Frame(f), 0));
-                batch.push((Outbound::Close(1001, "server draining"), 0));
-            }
-            _ = &mut token_expiry, if !closing => {
-                let f = protocol::encode_reply(
-                    cfg.protocol,
-                    &Reply::Error { id: None, code: ErrorCode::Unauthorized, message: "token expired" },
-                );
-                batch.push((Outbound::Frame(f), 0));
-                batch.push((Outbound::Close(4001, "token expired"), 0));
+            // One timer for both deadlines (an idle connection keeps it):
+            // the token's expiry and, once draining, the moment to close.
+            _ = &mut deadline, if !closing => {
+                if drain_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                    // A little jitter on top, for clients that share a node.
+                    let after_ms = rand::random::<u64>() % 250;
+                    let f = protocol::encode_reply(cfg.protocol, &Reply::Reconnect { after_ms });
+                    batch.push((Outbound::Frame(f), 0));
+                    batch.push((Outbound::Close(1001, "server draining"), 0));
+                } else {
+                    let f = protocol::encode_reply(
+                        cfg.protocol,
+                        &Reply::Error { id: None, code: ErrorCode::Unauthorized, message: "token expired" },
+                    );
+                    batch.push((Outbound::Frame(f), 0));
+                    batch.push((Outbound::Close(4001, "token expired"), 0));
+                }
             }
             r = expiry.changed(), if expiry_open => {
                 match r {
-                    Ok(()) => token_expiry.as_mut().reset(until(*expiry.borrow())),
+                    Ok(()) => {
+                        let exp = until(*expiry.borrow());
+                        deadline.as_mut().reset(drain_at.map_or(exp, |at| at.min(exp)));
+                    }
                     // The session is gone; nothing will refresh the token.
                     Err(_) => expiry_open = false,
                 }
@@ -184,8 +185,11 @@ where
             }
         }
         if !buf.is_empty() {
+            // Boxed: the timer exists only while a write is in flight, so an
+            // idle connection's task does not carry it.
+            let write = Box::pin(tokio::time::timeout(cfg.write_timeout, w.write_all(&buf)));
             let written = tokio::select! {
-                r = tokio::time::timeout(cfg.write_timeout, w.write_all(&buf)) => r,
+                r = write => r,
                 _ = &mut conn_ended => break,
             };
             match written {
