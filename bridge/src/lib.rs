@@ -6,6 +6,8 @@
 //! - [`config`]: the typed configuration (environment variables).
 //! - [`envelope`]: decoding and validating the Kafka event envelope.
 //! - [`pipeline`]: the batch loop, DLQ, backpressure and offset handling.
+//! - [`pause`]: the one owner of the consumer's pause state, and the
+//!   bounded carry of records read while paused.
 //! - [`retention`]: the sweeper that deletes expired log entries.
 //!
 //! The invariant a maintainer must not break: a Kafka offset is stored only
@@ -15,18 +17,19 @@
 pub mod config;
 pub mod envelope;
 mod metrics;
+pub mod pause;
 pub mod pipeline;
 pub mod retention;
 
 use anyhow::Context as _;
 use config::BridgeConfig;
-use pipeline::{BridgeContext, Health, Pipeline};
+use pause::PauseControl;
+use pipeline::{BridgeContext, Pipeline};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use switchyard_channels::{Topology, TopologyHandle};
 use switchyard_cursorlog::CursorLog;
@@ -38,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 struct BridgeReadiness {
     log: CursorLog,
     publisher: switchyard_cursorlog::live::Publisher,
-    health: Arc<Health>,
+    pause: Arc<PauseControl>,
 }
 
 impl Readiness for BridgeReadiness {
@@ -52,7 +55,7 @@ impl Readiness for BridgeReadiness {
                 .ping()
                 .await
                 .map_err(|e| format!("redis: {e}"))?;
-            if self.health.stalled.load(Ordering::Relaxed) {
+            if self.pause.stalled_on_dependency() {
                 return Err("pipeline stalled on a dependency".into());
             }
             Ok("ready".into())
@@ -97,13 +100,14 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
     if let Some(id) = &cfg.kafka_instance_id {
         consumer_cfg.set("group.instance.id", id);
     }
+    let pause = Arc::new(PauseControl::default());
     let consumer: StreamConsumer<BridgeContext> = consumer_cfg
         .set("group.id", &cfg.kafka_group)
         // Correctness: offsets are stored by the pipeline, never by librdkafka.
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .create_with_context(BridgeContext)
+        .create_with_context(BridgeContext::new(pause.clone()))
         .context("creating the Kafka consumer (SWITCHYARD_KAFKA_BROKERS)")?;
     let topics: Vec<&str> = cfg.kafka_topics.iter().map(String::as_str).collect();
     consumer
@@ -115,12 +119,11 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
         .create()
         .context("creating the DLQ producer")?;
 
-    let health = Arc::new(Health::default());
     let metrics = switchyard_ops::telemetry::init_metrics();
     let ready = Arc::new(BridgeReadiness {
         log: log.clone(),
         publisher: publisher.clone(),
-        health: health.clone(),
+        pause: pause.clone(),
     });
     let admin = switchyard_ops::admin::spawn(cfg.admin_listen, metrics, ready, cancel.clone())
         .await
@@ -140,7 +143,7 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
         publisher,
         topology,
         cfg,
-        health,
+        pause,
     };
     pipeline.run(cancel.clone()).await;
     cancel.cancel();

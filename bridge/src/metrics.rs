@@ -13,3 +13,4 @@ pub(crate) const PAUSED: &str = "switchyard_bridge_consumer_paused";
 pub(crate) const EVENT_LAG: &str = "switchyard_bridge_event_lag_seconds";
 pub(crate) const EPHEMERAL: &str = "switchyard_bridge_events_ephemeral_total";
 pub(crate) const SWEPT: &str = "switchyard_bridge_events_expired_total";
+pub(crate) const CARRY: &str = "switchyard_bridge_carry_records";

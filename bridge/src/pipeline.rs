@@ -7,13 +7,15 @@
 //! Invariant: a Kafka offset is stored only after every record up to it is
 //! durable somewhere: in the cursor log (committed), in the DLQ (acknowledged
 //! by the broker), or counted as resolving to no channel. While PostgreSQL or
-//! the DLQ is unavailable the assigned partitions are paused (the consumer
-//! keeps polling so it stays in its group) and the batch is retried, so memory
-//! stays bounded by one batch plus librdkafka's bounded prefetch.
+//! the DLQ is unavailable the assigned partitions are paused through
+//! [`PauseControl`] (the consumer keeps polling so it stays in its group) and
+//! the batch is retried, so memory stays bounded by the batches in flight
+//! plus the bounded [`Carry`].
 
 use crate::config::BridgeConfig;
 use crate::envelope::{self, DomainEvent, Rejection};
 use crate::metrics as m;
+use crate::pause::{Carry, PauseControl, Stage};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -23,18 +25,30 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_channels::{ResolvedChannel, TopologyHandle};
 use switchyard_cursorlog::live::Publisher;
 use switchyard_cursorlog::{CursorLog, Entry, LogError, LogEvent, NewEvent};
+use switchyard_ops::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
+/// Bytes the reader may park while consumption is paused (see [`Carry`]).
+const CARRY_MAX_BYTES: usize = 32 << 20;
+
 /// The consumer context: commits stored offsets synchronously when
-/// partitions are revoked, and reports commit failures.
-#[derive(Debug, Default)]
-pub struct BridgeContext;
+/// partitions are revoked, applies the pause state to assigned partitions,
+/// and reports commit failures.
+#[derive(Debug)]
+pub struct BridgeContext {
+    pause: Arc<PauseControl>,
+}
+
+impl BridgeContext {
+    pub fn new(pause: Arc<PauseControl>) -> Self {
+        BridgeContext { pause }
+    }
+}
 
 impl ClientContext for BridgeContext {}
 
@@ -51,9 +65,10 @@ impl ConsumerContext for BridgeContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions assigned");
+            self.pause.on_assign(consumer, tpl);
         }
     }
 
@@ -64,13 +79,6 @@ impl ConsumerContext for BridgeContext {
     }
 }
 
-/// Shared health flags for `/readyz`.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// True while the pipeline is stuck retrying a dependency.
-    pub stalled: AtomicBool,
-}
-
 /// The pipeline's parts.
 pub struct Pipeline {
     pub consumer: StreamConsumer<BridgeContext>,
@@ -79,7 +87,7 @@ pub struct Pipeline {
     pub publisher: Publisher,
     pub topology: TopologyHandle,
     pub cfg: BridgeConfig,
-    pub health: Arc<Health>,
+    pub pause: Arc<PauseControl>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -120,7 +128,7 @@ impl Pipeline {
     pub async fn run(self, cancel: CancellationToken) {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(2);
         let reader = async {
-            let mut carry: Vec<OwnedMessage> = Vec::new();
+            let mut carry = Carry::new(self.cfg.batch_max, CARRY_MAX_BYTES);
             loop {
                 let batch = self.gather(&mut carry, &cancel).await;
                 if batch.is_empty() {
@@ -129,19 +137,19 @@ impl Pipeline {
                     }
                     continue;
                 }
-                let Ok(prepared) = self.prepare(batch, &mut carry, &cancel).await else {
+                let Ok(prepared) = self.prepare(batch, Some(&mut carry), &cancel).await else {
                     break;
                 };
                 // Wait for the writer; while it is stalled on a dependency the
                 // partitions are paused, so polling (to stay in the group)
-                // only drains the bounded prefetch into `carry`.
+                // only drains what was fetched before into `carry`.
                 let permit = loop {
                     tokio::select! {
                         p = tx.reserve() => break p.ok(),
                         _ = cancel.cancelled() => break None,
-                        r = self.consumer.recv(), if self.health.stalled.load(Ordering::Relaxed) => {
+                        r = self.consumer.recv(), if self.pause.is_paused() => {
                             if let Ok(msg) = r {
-                                carry.push(msg.detach());
+                                self.park(&mut carry, msg.detach());
                             }
                         }
                         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -189,15 +197,13 @@ impl Pipeline {
         }
     }
 
-    async fn gather(
-        &self,
-        carry: &mut Vec<OwnedMessage>,
-        cancel: &CancellationToken,
-    ) -> Vec<OwnedMessage> {
+    async fn gather(&self, carry: &mut Carry, cancel: &CancellationToken) -> Vec<OwnedMessage> {
         let max = self.cfg.batch_max;
-        let mut batch = std::mem::take(carry);
+        let mut batch = carry.take(max);
+        if !carry.is_full() {
+            self.pause.recover(&self.consumer, Stage::Carry);
+        }
         if batch.len() >= max {
-            *carry = batch.split_off(max);
             return batch;
         }
         if batch.is_empty() {
@@ -230,11 +236,19 @@ impl Pipeline {
         batch
     }
 
-    /// Stage one: decode, validate, resolve and look up channel ids.
+    /// Parks a record read while paused; a full carry holds consumption.
+    fn park(&self, carry: &mut Carry, msg: OwnedMessage) {
+        if carry.push(msg) {
+            self.pause.stall(&self.consumer, Stage::Carry);
+        }
+    }
+
+    /// Stage one: decode, validate, resolve and look up channel ids. The
+    /// reader passes its `carry` (it keeps polling while it retries).
     async fn prepare(
         &self,
         batch: Vec<OwnedMessage>,
-        carry: &mut Vec<OwnedMessage>,
+        carry: Option<&mut Carry>,
         cancel: &CancellationToken,
     ) -> Result<Prepared, Cancelled> {
         let started = Instant::now();
@@ -288,10 +302,20 @@ impl Pipeline {
             .collect();
         keys.sort();
         keys.dedup();
+        let stage = if carry.is_some() {
+            Stage::Reader
+        } else {
+            Stage::Writer
+        };
         let ids = self
-            .retry("resolve channel ids", Some(carry), cancel, || {
-                self.log.channel_ids(&keys)
-            })
+            .retry(
+                "resolve channel ids",
+                stage,
+                m::PG_ERRORS,
+                carry,
+                cancel,
+                || self.log.channel_ids(&keys),
+            )
             .await?;
         let id_of: HashMap<&str, i64> = keys.iter().map(String::as_str).zip(ids).collect();
 
@@ -387,9 +411,14 @@ impl Pipeline {
         } = p;
         let batch = &batch[..];
         let (outcome, poisoned) = self
-            .retry("append to the cursor log", None, cancel, || {
-                append_resilient(&self.log, &new_events)
-            })
+            .retry(
+                "append to the cursor log",
+                Stage::Writer,
+                m::PG_ERRORS,
+                None,
+                cancel,
+                || append_resilient(&self.log, &new_events),
+            )
             .await?;
         for (event_id, why) in poisoned {
             if let Some(&i) = msg_of_event.get(&event_id) {
@@ -399,9 +428,14 @@ impl Pipeline {
         // Records that failed validation (or storage) go to the DLQ before any
         // offset covering them is stored.
         if !rejected.is_empty() {
-            self.retry("write to the DLQ", None, cancel, || {
-                self.send_dlq(batch, &rejected)
-            })
+            self.retry(
+                "write to the DLQ",
+                Stage::Writer,
+                m::PG_ERRORS,
+                None,
+                cancel,
+                || self.send_dlq(batch, &rejected),
+            )
             .await?;
         }
 
@@ -429,14 +463,16 @@ impl Pipeline {
         Ok(live)
     }
 
-    /// Retries `op` with capped backoff until it succeeds, pausing the
-    /// assigned partitions meanwhile. The reader stage passes its `carry` to
-    /// park anything still fetched (bounded: fetching stops while paused);
-    /// the writer stage passes `None` and the reader keeps polling.
+    /// Retries `op` with jittered backoff until it succeeds, holding
+    /// consumption paused (as `stage`) meanwhile and counting each failure
+    /// in `errors`. The reader passes its `carry` to park anything still
+    /// fetched; the writer passes `None` and the reader keeps polling.
     async fn retry<T, E, F, Fut>(
         &self,
         what: &str,
-        mut carry: Option<&mut Vec<OwnedMessage>>,
+        stage: Stage,
+        errors: &'static str,
+        mut carry: Option<&mut Carry>,
         cancel: &CancellationToken,
         mut op: F,
     ) -> Result<T, Cancelled>
@@ -445,55 +481,32 @@ impl Pipeline {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let mut backoff = Duration::from_millis(100);
-        let mut paused = false;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             match op().await {
                 Ok(v) => {
-                    if paused {
-                        self.set_paused(false);
-                        tracing::info!(what, "dependency recovered; consumption resumed");
-                    }
+                    self.pause.recover(&self.consumer, stage);
                     return Ok(v);
                 }
                 Err(e) => {
-                    metrics::counter!(m::PG_ERRORS).increment(1);
-                    if !paused {
-                        self.set_paused(true);
-                        paused = true;
-                    }
-                    tracing::warn!(what, error = %e, retry_in_ms = backoff.as_millis() as u64, "failed; consumption paused");
-                    let until = tokio::time::Instant::now() + backoff;
+                    metrics::counter!(errors).increment(1);
+                    self.pause.stall(&self.consumer, stage);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(what, error = %e, retry_in_ms = delay.as_millis() as u64, "failed; consumption paused");
+                    let until = tokio::time::Instant::now() + delay;
                     loop {
                         tokio::select! {
                             _ = cancel.cancelled() => return Err(Cancelled),
                             _ = tokio::time::sleep_until(until) => break,
                             r = self.consumer.recv(), if carry.is_some() => {
                                 if let (Ok(msg), Some(c)) = (r, carry.as_deref_mut()) {
-                                    c.push(msg.detach());
+                                    self.park(c, msg.detach());
                                 }
                             }
                         }
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
-        }
-    }
-
-    fn set_paused(&self, paused: bool) {
-        self.health.stalled.store(paused, Ordering::Relaxed);
-        metrics::gauge!(m::PAUSED).set(if paused { 1.0 } else { 0.0 });
-        let Ok(assignment) = self.consumer.assignment() else {
-            return;
-        };
-        let r = if paused {
-            self.consumer.pause(&assignment)
-        } else {
-            self.consumer.resume(&assignment)
-        };
-        if let Err(e) = r {
-            tracing::warn!(error = %e, paused, "cannot change partition pause state");
         }
     }
 

@@ -1,0 +1,147 @@
+//! The bridge when things go wrong around it: a database that turns
+//! read-only, rebalances while consumption is paused, records the DLQ cannot
+//! copy, events that fan out too far, and a crash without static membership.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use switchyard_testkit::{news, require_servers, Stack, StackOptions};
+
+async fn stack(partitions: i32, env: &[(&str, &str)]) -> Stack {
+    require_servers();
+    Stack::start(StackOptions {
+        gateways: 0,
+        partitions,
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn event(id: &str, n: u64) -> Vec<u8> {
+    news(id, &["CHLT"], n).to_string().into_bytes()
+}
+
+/// Finding 6: partitions that arrive in a rebalance while the bridge is
+/// paused stay paused, so a long outage does not pull the topic into memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_assigned_while_paused_are_not_read_into_memory() {
+    let s = stack(2, &[]).await;
+    let topic = s.events_topic.clone();
+    let bridge_log = || s.bridge.as_ref().unwrap();
+    let p = big_producer(&s);
+    for part in 0..2 {
+        produce_to(&p, &topic, part, &event(&format!("w{part}"), 0)).await;
+    }
+    stored(&s, 2, T).await;
+
+    // Another member takes one partition; the bridge keeps the other.
+    let member = Member::join(&s);
+    eventually("the member to get a partition", T, || {
+        member.assigned().len() == 1
+    })
+    .await;
+    let theirs = member.assigned()[0];
+    let ours = 1 - theirs;
+    eventually("the bridge to take its share", T, || {
+        assignments(bridge_log()) >= 2
+    })
+    .await;
+
+    // The bridge stalls: its database is unreachable.
+    set_reachable(&s, false);
+    produce_to(&p, &topic, ours, &event("w-stall", 1)).await;
+    let admin = s.bridge_admin;
+    eventually("the bridge to pause", T, || paused(admin)).await;
+
+    // The member leaves: its partition comes to the paused bridge.
+    member.leave();
+    eventually("the bridge to take the member's partition", T, || {
+        assignments(bridge_log()) >= 3
+    })
+    .await;
+    let pid = bridge_log().pid().unwrap();
+    let before = rss_kb(pid);
+    // 48 MB the bridge must leave in Kafka until it can store them
+    // (events resolving to no channel, so recovery is quick).
+    let filler = vec![b'x'; 100 * 1024];
+    for i in 0..480 {
+        let ev = json!({"id": format!("f{i}"), "topic": "News", "scopes": [],
+                        "payload": String::from_utf8_lossy(&filler)});
+        produce_to(&p, &topic, theirs, ev.to_string().as_bytes()).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut grew = 0;
+    while Instant::now() < deadline {
+        grew = rss_kb(pid).saturating_sub(before);
+        assert!(
+            grew < 24 * 1024,
+            "the paused bridge read the new partition into memory: +{grew} kB"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("resident memory grew {grew} kB while paused");
+
+    set_reachable(&s, true);
+    stored(&s, 3, T).await;
+    eventually("every record to be committed", T, || {
+        s.committed_offsets().unwrap() == 2 + 1 + 480
+    })
+    .await;
+}
+
+/// Finding 6: a partition revoked while the bridge was paused and assigned
+/// back after it resumed is read again (librdkafka keeps its pause flag).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_revoked_while_paused_is_read_when_it_comes_back() {
+    let s = stack(2, &[]).await;
+    let topic = s.events_topic.clone();
+    let bridge_log = || s.bridge.as_ref().unwrap();
+    let p = big_producer(&s);
+    for part in 0..2 {
+        produce_to(&p, &topic, part, &event(&format!("v{part}"), 0)).await;
+    }
+    stored(&s, 2, T).await;
+
+    set_reachable(&s, false);
+    for part in 0..2 {
+        produce_to(&p, &topic, part, &event(&format!("v-stall{part}"), 1)).await;
+    }
+    let admin = s.bridge_admin;
+    eventually("the bridge to pause", T, || paused(admin)).await;
+
+    // Another member takes a partition while the bridge is paused; the
+    // bridge recovers while it holds it; then it leaves.
+    let member = Member::join(&s);
+    eventually("the member to get a partition", T, || {
+        member.assigned().len() == 1
+    })
+    .await;
+    eventually("the bridge to take its share", T, || {
+        assignments(bridge_log()) >= 2
+    })
+    .await;
+    set_reachable(&s, true);
+    // The stalled batch is stored (the stall record of the member's
+    // partition, if the bridge had not read it yet, waits in Kafka).
+    stored_at_least(&s, 3, T).await;
+    eventually("the bridge to resume", T, || !paused(admin)).await;
+    member.leave();
+    eventually("the bridge to take the partition back", T, || {
+        assignments(bridge_log()) >= 3
+    })
+    .await;
+
+    for part in 0..2 {
+        produce_to(&p, &topic, part, &event(&format!("v-after{part}"), 2)).await;
+    }
+    stored(&s, 6, T).await;
+}
