@@ -6,11 +6,13 @@
 //!
 //! Invariant: a Kafka offset is stored only after every record up to it is
 //! durable somewhere: in the cursor log (committed), in the DLQ (acknowledged
-//! by the broker), or counted as resolving to no channel. While PostgreSQL or
-//! the DLQ is unavailable the assigned partitions are paused through
-//! [`PauseControl`] (the consumer keeps polling so it stays in its group) and
-//! the batch is retried, so memory stays bounded by the batches in flight
-//! plus the bounded [`Carry`].
+//! by the broker), or counted as resolving to no channel. Only a record the
+//! database refuses as data (see [`LogError::rejects_data`]) goes to the DLQ:
+//! any other failure stalls and retries. While PostgreSQL or the DLQ is
+//! unavailable the assigned partitions are paused through [`PauseControl`]
+//! (the consumer keeps polling so it stays in its group) and the batch is
+//! retried, so memory stays bounded by the batches in flight plus the
+//! bounded [`Carry`].
 
 use crate::config::BridgeConfig;
 use crate::envelope::{self, DomainEvent, Rejection};
@@ -98,6 +100,20 @@ impl std::fmt::Debug for Pipeline {
 
 struct Cancelled;
 
+/// Why the writer did not finish a batch.
+enum Unfinished {
+    Cancelled,
+    /// The channel ids were resolved from a stale cache (the database was
+    /// restored or failed over); the batch must be prepared again.
+    StaleChannels(Vec<OwnedMessage>),
+}
+
+impl From<Cancelled> for Unfinished {
+    fn from(_: Cancelled) -> Self {
+        Unfinished::Cancelled
+    }
+}
+
 /// A record resolved for the log.
 struct Routed {
     msg_index: usize,
@@ -166,21 +182,48 @@ impl Pipeline {
         // not wait for Redis. Batches are published in commit order.
         let (pub_tx, mut pub_rx) = tokio::sync::mpsc::channel::<Vec<LogEvent>>(2);
         let writer = async {
-            while let Some(prepared) = rx.recv().await {
+            let mut stale = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            while let Some(mut prepared) = rx.recv().await {
                 let records = prepared.batch.len();
-                match self.commit(prepared, &cancel).await {
-                    Ok(live) => {
-                        if pub_tx.send(live).await.is_err() {
-                            break;
+                let live = loop {
+                    match self.commit(prepared, &cancel).await {
+                        Ok(live) => {
+                            stale.reset();
+                            break Some(live);
+                        }
+                        Err(Unfinished::Cancelled) => break None,
+                        Err(Unfinished::StaleChannels(batch)) => {
+                            // The log dropped its id cache; resolve again.
+                            // Paused meanwhile: if this repeats, the
+                            // database keeps losing channel rows.
+                            self.pause.stall(&self.consumer, Stage::Writer);
+                            metrics::counter!(m::PG_ERRORS).increment(1);
+                            let delay = stale.next_delay();
+                            tracing::warn!(
+                                records,
+                                retry_in_ms = delay.as_millis() as u64,
+                                "channel ids are stale (database restored or failed over); resolving the batch again"
+                            );
+                            tokio::select! {
+                                _ = cancel.cancelled() => break None,
+                                _ = tokio::time::sleep(delay) => {}
+                            }
+                            match self.prepare(batch, None, &cancel).await {
+                                Ok(p) => prepared = p,
+                                Err(Cancelled) => break None,
+                            }
                         }
                     }
-                    Err(Cancelled) => {
-                        tracing::info!(
-                            records,
-                            "shutdown during retry; the batch will be redelivered"
-                        );
-                        break;
-                    }
+                };
+                let Some(live) = live else {
+                    tracing::info!(
+                        records,
+                        "shutdown during retry; the batch will be redelivered"
+                    );
+                    break;
+                };
+                if pub_tx.send(live).await.is_err() {
+                    break;
                 }
             }
             drop(pub_tx);
@@ -244,7 +287,8 @@ impl Pipeline {
     }
 
     /// Stage one: decode, validate, resolve and look up channel ids. The
-    /// reader passes its `carry` (it keeps polling while it retries).
+    /// reader passes its `carry` (it keeps polling while it retries); the
+    /// writer, preparing a batch again, passes `None`.
     async fn prepare(
         &self,
         batch: Vec<OwnedMessage>,
@@ -399,7 +443,7 @@ impl Pipeline {
         &self,
         p: Prepared,
         cancel: &CancellationToken,
-    ) -> Result<Vec<LogEvent>, Cancelled> {
+    ) -> Result<Vec<LogEvent>, Unfinished> {
         let Prepared {
             batch,
             mut rejected,
@@ -409,17 +453,25 @@ impl Pipeline {
             mut ephemeral_extra,
             started,
         } = p;
-        let batch = &batch[..];
-        let (outcome, poisoned) = self
+        let appended = self
             .retry(
                 "append to the cursor log",
                 Stage::Writer,
                 m::PG_ERRORS,
                 None,
                 cancel,
-                || append_resilient(&self.log, &new_events),
+                || async {
+                    match append_resilient(&self.log, &new_events).await {
+                        Err(LogError::UnknownChannel(id)) => Ok(Err(id)),
+                        r => r.map(Ok),
+                    }
+                },
             )
             .await?;
+        let Ok((outcome, poisoned)) = appended else {
+            return Err(Unfinished::StaleChannels(batch));
+        };
+        let batch = &batch[..];
         for (event_id, why) in poisoned {
             if let Some(&i) = msg_of_event.get(&event_id) {
                 rejected.push((i, Rejection::new("storage_rejected", why)));
@@ -485,6 +537,7 @@ impl Pipeline {
         loop {
             match op().await {
                 Ok(v) => {
+                    // Also clears a mark the writer set for stale channels.
                     self.pause.recover(&self.consumer, stage);
                     return Ok(v);
                 }
@@ -615,14 +668,16 @@ type AppendFuture<'a> = std::pin::Pin<
     >,
 >;
 
-/// Appends `events`; when PostgreSQL rejects the batch for a reason retrying
-/// cannot fix, splits it to isolate the offending events (returned as
-/// poisoned, for the DLQ) and appends the rest in order.
+/// Appends `events`; when PostgreSQL rejects the batch's *data* (see
+/// [`LogError::rejects_data`]), splits it to isolate the offending events
+/// (returned as poisoned, for the DLQ) and appends the rest in order. Any
+/// other error is returned for the caller to retry: a read-only database
+/// or a missing privilege must never send events to the DLQ.
 fn append_resilient<'a>(log: &'a CursorLog, events: &'a [NewEvent]) -> AppendFuture<'a> {
     Box::pin(async move {
         match log.append_batch(events).await {
             Ok(o) => Ok((o, Vec::new())),
-            Err(e) if e.is_transient() => Err(e),
+            Err(e) if !e.rejects_data() => Err(e),
             Err(e) if events.len() == 1 => {
                 tracing::error!(error = %e, event_id = %events[0].event_id, "PostgreSQL rejected the event");
                 Ok((

@@ -30,6 +30,52 @@ fn event(id: &str, n: u64) -> Vec<u8> {
     news(id, &["CHLT"], n).to_string().into_bytes()
 }
 
+/// Finding 5: a read-only database (a failover to a replica, a permission
+/// change) is the database's fault, not the events': ingest stalls and
+/// everything produced meanwhile reaches the log afterwards, none the DLQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_database_stalls_ingest_and_sends_nothing_to_the_dlq() {
+    let s = stack(1, &[]).await;
+    s.produce(&[news("ro0", &["CHLT"], 0)]).await.unwrap();
+    stored(&s, 1, T).await;
+    eventually("the first offset to be committed", T, || {
+        s.committed_offsets().unwrap() == 1
+    })
+    .await;
+
+    set_read_only(&s, true).await;
+    let events: Vec<_> = (1..=20)
+        .map(|n| news(&format!("ro{n}"), &["CHLT"], n))
+        .collect();
+    s.produce(&events).await.unwrap();
+    let admin = s.bridge_admin;
+    eventually(
+        "the bridge to pause (or, wrongly, to dead-letter)",
+        T,
+        || paused(admin) || dlq_len(&s) > 0,
+    )
+    .await;
+    assert_eq!(
+        dlq_len(&s),
+        0,
+        "a read-only database sent events to the DLQ"
+    );
+    assert_eq!(
+        s.committed_offsets().unwrap(),
+        1,
+        "no offset moves while stalled"
+    );
+
+    set_read_only(&s, false).await;
+    stored(&s, 21, T).await;
+    eventually("the offsets to be committed", T, || {
+        s.committed_offsets().unwrap() == 21
+    })
+    .await;
+    assert_eq!(dlq_len(&s), 0);
+    eventually("the bridge to resume", T, || !paused(admin)).await;
+}
+
 /// Finding 6: partitions that arrive in a rebalance while the bridge is
 /// paused stay paused, so a long outage does not pull the topic into memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
