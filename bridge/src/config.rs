@@ -29,6 +29,9 @@ pub struct BridgeConfig {
     pub batch_max: usize,
     pub batch_linger: Duration,
     pub max_event_bytes: usize,
+    /// Largest record the DLQ producer sends (its `message.max.bytes`); a
+    /// rejected record whose copy is larger goes to the DLQ as metadata only.
+    pub dlq_max_bytes: usize,
     pub sweep_interval: Duration,
 }
 
@@ -62,6 +65,14 @@ impl BridgeConfig {
                 reason: "name at least one topic".into(),
             });
         }
+        let dlq_max_bytes = match kafka_options.iter().find(|(k, _)| k == "message.max.bytes") {
+            None => crate::dlq::DEFAULT_MESSAGE_MAX_BYTES,
+            Some((_, v)) => v.parse().map_err(|_| ConfigError::Invalid {
+                var: "SWITCHYARD_KAFKA_OPTIONS".into(),
+                value: format!("message.max.bytes={v}"),
+                reason: "message.max.bytes must be a number of bytes".into(),
+            })?,
+        };
         Ok(BridgeConfig {
             store: StoreConfig::from_source(s, 8)?,
             topology: PathBuf::from(s.required(
@@ -81,6 +92,7 @@ impl BridgeConfig {
             batch_max,
             batch_linger: s.millis_or("SWITCHYARD_BATCH_LINGER_MS", 5)?,
             max_event_bytes: s.parse_or("SWITCHYARD_MAX_EVENT_BYTES", 256 * 1024)?,
+            dlq_max_bytes,
             sweep_interval: s.millis_or("SWITCHYARD_SWEEP_INTERVAL_MS", 30_000)?,
         })
     }
@@ -106,6 +118,15 @@ mod tests {
         assert_eq!(c.kafka_group, "switchyard-bridge");
         assert_eq!(c.dlq_topic, "switchyard.events.dlq");
         assert_eq!(c.admin_listen.port(), 9090);
+        assert_eq!(c.dlq_max_bytes, 1_000_000);
+    }
+
+    #[test]
+    fn the_dlq_limit_follows_the_producer_option() {
+        let mut v = base();
+        v.push(("SWITCHYARD_KAFKA_OPTIONS", "message.max.bytes=5000000"));
+        let c = BridgeConfig::from_source(&Source::from_map(v)).unwrap();
+        assert_eq!(c.dlq_max_bytes, 5_000_000);
     }
 
     #[test]

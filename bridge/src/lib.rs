@@ -5,9 +5,10 @@
 //! Where things are:
 //! - [`config`]: the typed configuration (environment variables).
 //! - [`envelope`]: decoding and validating the Kafka event envelope.
-//! - [`pipeline`]: the batch loop, DLQ, backpressure and offset handling.
+//! - [`pipeline`]: the batch loop, backpressure and offset handling.
 //! - [`pause`]: the one owner of the consumer's pause state, and the
 //!   bounded carry of records read while paused.
+//! - [`dlq`]: the dead-letter records (full copy, or metadata only).
 //! - [`retention`]: the sweeper that deletes expired log entries.
 //!
 //! The invariant a maintainer must not break: a Kafka offset is stored only
@@ -15,6 +16,7 @@
 //! the DLQ topic.
 
 pub mod config;
+mod dlq;
 pub mod envelope;
 mod metrics;
 pub mod pause;

@@ -15,6 +15,7 @@
 //! bounded [`Carry`].
 
 use crate::config::BridgeConfig;
+use crate::dlq;
 use crate::envelope::{self, DomainEvent, Rejection};
 use crate::metrics as m;
 use crate::pause::{Carry, PauseControl, Stage};
@@ -22,8 +23,8 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -480,10 +481,22 @@ impl Pipeline {
         // Records that failed validation (or storage) go to the DLQ before any
         // offset covering them is stored.
         if !rejected.is_empty() {
+            for (i, why) in &rejected {
+                let msg = &batch[*i];
+                metrics::counter!(m::DLQ, "reason" => why.reason).increment(1);
+                tracing::warn!(
+                    reason = why.reason,
+                    detail = %why.detail,
+                    topic = msg.topic(),
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    "event rejected to the DLQ"
+                );
+            }
             self.retry(
                 "write to the DLQ",
                 Stage::Writer,
-                m::PG_ERRORS,
+                m::DLQ_ERRORS,
                 None,
                 cancel,
                 || self.send_dlq(batch, &rejected),
@@ -568,63 +581,51 @@ impl Pipeline {
         batch: &[OwnedMessage],
         rejected: &[(usize, Rejection)],
     ) -> Result<(), rdkafka::error::KafkaError> {
-        let sends = rejected.iter().map(|(i, why)| {
-            let msg = &batch[*i];
-            metrics::counter!(m::DLQ, "reason" => why.reason).increment(1);
-            tracing::warn!(
-                reason = why.reason,
-                detail = %why.detail,
-                topic = msg.topic(),
-                partition = msg.partition(),
-                offset = msg.offset(),
-                "event rejected to the DLQ"
-            );
-            let partition = msg.partition().to_string();
-            let offset = msg.offset().to_string();
-            let mut headers = OwnedHeaders::new();
-            if let Some(h) = msg.headers() {
-                for hdr in h.iter() {
-                    headers = headers.insert(Header {
-                        key: hdr.key,
-                        value: hdr.value,
-                    });
-                }
-            }
-            let headers = headers
-                .insert(Header {
-                    key: "switchyard-dlq-reason",
-                    value: Some(why.reason),
-                })
-                .insert(Header {
-                    key: "switchyard-dlq-detail",
-                    value: Some(&why.detail),
-                })
-                .insert(Header {
-                    key: "switchyard-source-topic",
-                    value: Some(msg.topic()),
-                })
-                .insert(Header {
-                    key: "switchyard-source-partition",
-                    value: Some(&partition),
-                })
-                .insert(Header {
-                    key: "switchyard-source-offset",
-                    value: Some(&offset),
-                });
-            let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&self.cfg.dlq_topic).headers(headers);
-            if let Some(k) = msg.key() {
-                record = record.key(k);
-            }
-            if let Some(p) = msg.payload() {
-                record = record.payload(p);
-            }
-            self.dlq.send(record, Duration::from_secs(10))
-        });
+        let sends = rejected
+            .iter()
+            .map(|(i, why)| self.send_dlq_record(&batch[*i], why));
         for r in futures::future::join_all(sends).await {
-            r.map_err(|(e, _)| e)?;
+            r?;
         }
         Ok(())
+    }
+
+    /// Sends one DLQ record: a copy of `msg`, or its metadata alone when the
+    /// copy is too large to send (retrying a too-large record never helps).
+    async fn send_dlq_record(
+        &self,
+        msg: &OwnedMessage,
+        why: &Rejection,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let timeout = Duration::from_secs(10);
+        let topic = &self.cfg.dlq_topic;
+        if dlq::first_form(msg, self.cfg.dlq_max_bytes) == dlq::Form::Full {
+            match self
+                .dlq
+                .send(dlq::record(topic, msg, why, dlq::Form::Full), timeout)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err((e, _)) if !dlq::is_too_large(&e) => return Err(e),
+                Err((e, _)) => tracing::warn!(error = %e, "the DLQ refused the copy as too large"),
+            }
+        }
+        tracing::warn!(
+            bytes = dlq::original_bytes(msg),
+            topic = msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            "record too large for the DLQ; sending its metadata only"
+        );
+        metrics::counter!(m::DLQ_PAYLOAD_OMITTED).increment(1);
+        self.dlq
+            .send(
+                dlq::record(topic, msg, why, dlq::Form::MetadataOnly),
+                timeout,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
     }
 
     fn store_offsets(&self, batch: &[OwnedMessage]) {

@@ -191,3 +191,49 @@ async fn a_partition_revoked_while_paused_is_read_when_it_comes_back() {
     }
     stored(&s, 6, T).await;
 }
+
+/// Finding 7: a record too large for the DLQ producer goes to the DLQ as
+/// metadata only instead of being retried forever, and ingest goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_large_for_the_dlq_goes_there_as_metadata_and_ingest_goes_on() {
+    use rdkafka::message::{Headers, Message};
+    let s = stack(1, &[]).await;
+    let p = big_producer(&s);
+    let big = format!(
+        r#"{{"id":"huge","topic":"News","payload":"{}"}}"#,
+        "x".repeat(2_000_000)
+    );
+    produce_to(&p, &s.events_topic, 0, big.as_bytes()).await;
+    produce_to(&p, &s.events_topic, 0, &event("after-huge", 1)).await;
+    stored(&s, 1, T).await;
+    eventually("both offsets to be committed", T, || {
+        s.committed_offsets().unwrap() == 2
+    })
+    .await;
+
+    let dlq = read_dlq(&s, 1);
+    let rec = &dlq[0];
+    let header = |k: &str| {
+        rec.headers()
+            .and_then(|h| h.iter().find(|h| h.key == k))
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(
+        header("switchyard-dlq-reason").as_deref(),
+        Some("oversized")
+    );
+    assert_eq!(header("switchyard-dlq-payload").as_deref(), Some("omitted"));
+    assert_eq!(
+        header("switchyard-original-bytes"),
+        Some(big.len().to_string())
+    );
+    assert_eq!(header("switchyard-source-offset").as_deref(), Some("0"));
+    assert_eq!(header("switchyard-source-partition").as_deref(), Some("0"));
+    assert_eq!(
+        header("switchyard-source-topic").as_deref(),
+        Some(s.events_topic.as_str())
+    );
+    assert!(rec.payload().is_none_or(<[u8]>::is_empty));
+    assert_eq!(dlq_len(&s), 1);
+}
