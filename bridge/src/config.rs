@@ -29,6 +29,9 @@ pub struct BridgeConfig {
     pub batch_max: usize,
     pub batch_linger: Duration,
     pub max_event_bytes: usize,
+    /// Events resolving to more channels go to the DLQ (`too_many_channels`):
+    /// one event must not lock tens of thousands of channel rows.
+    pub max_channels_per_event: usize,
     /// Largest record the DLQ producer sends (its `message.max.bytes`); a
     /// rejected record whose copy is larger goes to the DLQ as metadata only.
     pub dlq_max_bytes: usize,
@@ -65,6 +68,15 @@ impl BridgeConfig {
                 reason: "name at least one topic".into(),
             });
         }
+        let max_channels_per_event: usize =
+            s.parse_or("SWITCHYARD_MAX_CHANNELS_PER_EVENT", 1000)?;
+        if max_channels_per_event == 0 {
+            return Err(ConfigError::Invalid {
+                var: "SWITCHYARD_MAX_CHANNELS_PER_EVENT".into(),
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
         let dlq_max_bytes = match kafka_options.iter().find(|(k, _)| k == "message.max.bytes") {
             None => crate::dlq::DEFAULT_MESSAGE_MAX_BYTES,
             Some((_, v)) => v.parse().map_err(|_| ConfigError::Invalid {
@@ -92,6 +104,7 @@ impl BridgeConfig {
             batch_max,
             batch_linger: s.millis_or("SWITCHYARD_BATCH_LINGER_MS", 5)?,
             max_event_bytes: s.parse_or("SWITCHYARD_MAX_EVENT_BYTES", 256 * 1024)?,
+            max_channels_per_event,
             dlq_max_bytes,
             sweep_interval: s.millis_or("SWITCHYARD_SWEEP_INTERVAL_MS", 30_000)?,
         })
@@ -118,6 +131,7 @@ mod tests {
         assert_eq!(c.kafka_group, "switchyard-bridge");
         assert_eq!(c.dlq_topic, "switchyard.events.dlq");
         assert_eq!(c.admin_listen.port(), 9090);
+        assert_eq!(c.max_channels_per_event, 1000);
         assert_eq!(c.dlq_max_bytes, 1_000_000);
     }
 
@@ -143,5 +157,12 @@ mod tests {
         v.push(("SWITCHYARD_KAFKA_OPTIONS", "security.protocol"));
         let e = BridgeConfig::from_source(&Source::from_map(v)).unwrap_err();
         assert!(e.to_string().contains("SWITCHYARD_KAFKA_OPTIONS"), "{e}");
+        let mut v = base();
+        v.push(("SWITCHYARD_MAX_CHANNELS_PER_EVENT", "0"));
+        let e = BridgeConfig::from_source(&Source::from_map(v)).unwrap_err();
+        assert!(
+            e.to_string().contains("SWITCHYARD_MAX_CHANNELS_PER_EVENT"),
+            "{e}"
+        );
     }
 }

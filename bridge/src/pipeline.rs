@@ -322,6 +322,20 @@ impl Pipeline {
                     }
                     let tenant = (!ev.tenant.is_empty()).then_some(ev.tenant.as_str());
                     let channels = topology.resolve_event(&ev.topic, &ev.scopes, tenant);
+                    if channels.len() > self.cfg.max_channels_per_event {
+                        rejected.push((
+                            i,
+                            Rejection::new(
+                                "too_many_channels",
+                                format!(
+                                    "the event resolves to {} channels, the limit is {} (SWITCHYARD_MAX_CHANNELS_PER_EVENT)",
+                                    channels.len(),
+                                    self.cfg.max_channels_per_event
+                                ),
+                            ),
+                        ));
+                        continue;
+                    }
                     if channels.is_empty() {
                         metrics::counter!(m::UNROUTED, "topic" => ev.topic.clone()).increment(1);
                         tracing::debug!(event_id = %ev.id, topic = %ev.topic, "event resolved to no channel");

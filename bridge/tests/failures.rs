@@ -237,3 +237,31 @@ async fn a_record_too_large_for_the_dlq_goes_there_as_metadata_and_ingest_goes_o
     assert!(rec.payload().is_none_or(<[u8]>::is_empty));
     assert_eq!(dlq_len(&s), 1);
 }
+
+/// Finding 12: an event whose scopes resolve to more channels than
+/// `SWITCHYARD_MAX_CHANNELS_PER_EVENT` goes to the DLQ (`too_many_channels`)
+/// instead of locking them all in one transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_resolving_to_too_many_channels_goes_to_the_dlq() {
+    use rdkafka::message::{Headers, Message};
+    let s = stack(1, &[("SWITCHYARD_MAX_CHANNELS_PER_EVENT", "3")]).await;
+    s.produce(&[
+        news("wide", &["A", "B", "C", "D"], 1),
+        news("narrow", &["A", "B", "C"], 2),
+    ])
+    .await
+    .unwrap();
+    stored(&s, 1, T).await;
+    let dlq = read_dlq(&s, 1);
+    let reason = dlq[0]
+        .headers()
+        .and_then(|h| h.iter().find(|h| h.key == "switchyard-dlq-reason"))
+        .and_then(|h| h.value);
+    assert_eq!(reason, Some(b"too_many_channels".as_slice()));
+    let value: serde_json::Value = serde_json::from_slice(dlq[0].payload().unwrap()).unwrap();
+    assert_eq!(value["id"], "wide", "the record is copied whole");
+    eventually("both offsets to be committed", T, || {
+        s.committed_offsets().unwrap() == 2
+    })
+    .await;
+}
