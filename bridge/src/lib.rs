@@ -87,6 +87,8 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
     let topology = TopologyHandle::new(topology);
     let (log, publisher) = cfg.store.connect().await?;
 
+    let session_timeout = cfg.kafka_session_timeout.as_millis().to_string();
+    let heartbeat = cfg.kafka_heartbeat_interval.as_millis().to_string();
     let mut consumer_cfg = kafka_config(
         &cfg,
         &[
@@ -94,7 +96,13 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
             // hold it for the whole wait (tansu) would otherwise add up to
             // 500 ms (librdkafka's default) to every event's latency.
             ("fetch.wait.max.ms", "10"),
-            ("session.timeout.ms", "10000"),
+            // A crashed bridge's partitions move to its replacement once the
+            // broker gives up on its session: keep that short (8 s by
+            // default; Kafka allows down to 6 s, but brokers that send no
+            // heartbeat replies while a join is pending, such as tansu's 6 s
+            // join and sync, would then expire live members).
+            ("session.timeout.ms", &session_timeout),
+            ("heartbeat.interval.ms", &heartbeat),
             ("queued.max.messages.kbytes", "16384"),
             ("auto.commit.interval.ms", "500"),
         ],
