@@ -22,6 +22,12 @@ pub struct BridgeConfig {
     /// the same id takes its partitions back at once instead of waiting for
     /// the dead member's session to expire.
     pub kafka_instance_id: Option<String>,
+    /// How long the broker waits for a silent member (a crashed bridge)
+    /// before it hands its partitions to the others. Restart latency after
+    /// a crash without static membership is about this long.
+    pub kafka_session_timeout: Duration,
+    /// Heartbeat period; a third of the session timeout or less.
+    pub kafka_heartbeat_interval: Duration,
     pub dlq_topic: String,
     /// Extra librdkafka properties (`SWITCHYARD_KAFKA_OPTIONS=k=v,k=v`), e.g. SASL/TLS.
     pub kafka_options: Vec<(String, String)>,
@@ -29,6 +35,12 @@ pub struct BridgeConfig {
     pub batch_max: usize,
     pub batch_linger: Duration,
     pub max_event_bytes: usize,
+    /// Events resolving to more channels go to the DLQ (`too_many_channels`):
+    /// one event must not lock tens of thousands of channel rows.
+    pub max_channels_per_event: usize,
+    /// Largest record the DLQ producer sends (its `message.max.bytes`); a
+    /// rejected record whose copy is larger goes to the DLQ as metadata only.
+    pub dlq_max_bytes: usize,
     pub sweep_interval: Duration,
 }
 
@@ -62,6 +74,35 @@ impl BridgeConfig {
                 reason: "name at least one topic".into(),
             });
         }
+        let kafka_session_timeout = s.millis_or("SWITCHYARD_KAFKA_SESSION_TIMEOUT_MS", 8000)?;
+        let kafka_heartbeat_interval = s.millis_or("SWITCHYARD_KAFKA_HEARTBEAT_MS", 2000)?;
+        if kafka_heartbeat_interval.is_zero() || kafka_heartbeat_interval >= kafka_session_timeout {
+            return Err(ConfigError::Invalid {
+                var: "SWITCHYARD_KAFKA_HEARTBEAT_MS".into(),
+                value: kafka_heartbeat_interval.as_millis().to_string(),
+                reason: format!(
+                    "must be above 0 and below SWITCHYARD_KAFKA_SESSION_TIMEOUT_MS ({} ms), ideally a third of it",
+                    kafka_session_timeout.as_millis()
+                ),
+            });
+        }
+        let max_channels_per_event: usize =
+            s.parse_or("SWITCHYARD_MAX_CHANNELS_PER_EVENT", 1000)?;
+        if max_channels_per_event == 0 {
+            return Err(ConfigError::Invalid {
+                var: "SWITCHYARD_MAX_CHANNELS_PER_EVENT".into(),
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        let dlq_max_bytes = match kafka_options.iter().find(|(k, _)| k == "message.max.bytes") {
+            None => crate::dlq::DEFAULT_MESSAGE_MAX_BYTES,
+            Some((_, v)) => v.parse().map_err(|_| ConfigError::Invalid {
+                var: "SWITCHYARD_KAFKA_OPTIONS".into(),
+                value: format!("message.max.bytes={v}"),
+                reason: "message.max.bytes must be a number of bytes".into(),
+            })?,
+        };
         Ok(BridgeConfig {
             store: StoreConfig::from_source(s, 8)?,
             topology: PathBuf::from(s.required(
@@ -75,12 +116,16 @@ impl BridgeConfig {
             kafka_topics,
             kafka_group: s.string_or("SWITCHYARD_KAFKA_GROUP", "switchyard-bridge"),
             kafka_instance_id: s.get("SWITCHYARD_KAFKA_INSTANCE_ID").map(str::to_owned),
+            kafka_session_timeout,
+            kafka_heartbeat_interval,
             dlq_topic: s.string_or("SWITCHYARD_KAFKA_DLQ_TOPIC", "switchyard.events.dlq"),
             kafka_options,
             admin_listen: s.socket_addr_or("SWITCHYARD_ADMIN_LISTEN", "0.0.0.0:9090")?,
             batch_max,
             batch_linger: s.millis_or("SWITCHYARD_BATCH_LINGER_MS", 5)?,
             max_event_bytes: s.parse_or("SWITCHYARD_MAX_EVENT_BYTES", 256 * 1024)?,
+            max_channels_per_event,
+            dlq_max_bytes,
             sweep_interval: s.millis_or("SWITCHYARD_SWEEP_INTERVAL_MS", 30_000)?,
         })
     }
@@ -106,6 +151,18 @@ mod tests {
         assert_eq!(c.kafka_group, "switchyard-bridge");
         assert_eq!(c.dlq_topic, "switchyard.events.dlq");
         assert_eq!(c.admin_listen.port(), 9090);
+        assert_eq!(c.kafka_session_timeout, Duration::from_secs(8));
+        assert_eq!(c.kafka_heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(c.max_channels_per_event, 1000);
+        assert_eq!(c.dlq_max_bytes, 1_000_000);
+    }
+
+    #[test]
+    fn the_dlq_limit_follows_the_producer_option() {
+        let mut v = base();
+        v.push(("SWITCHYARD_KAFKA_OPTIONS", "message.max.bytes=5000000"));
+        let c = BridgeConfig::from_source(&Source::from_map(v)).unwrap();
+        assert_eq!(c.dlq_max_bytes, 5_000_000);
     }
 
     #[test]
@@ -122,5 +179,20 @@ mod tests {
         v.push(("SWITCHYARD_KAFKA_OPTIONS", "security.protocol"));
         let e = BridgeConfig::from_source(&Source::from_map(v)).unwrap_err();
         assert!(e.to_string().contains("SWITCHYARD_KAFKA_OPTIONS"), "{e}");
+        let mut v = base();
+        v.push(("SWITCHYARD_KAFKA_SESSION_TIMEOUT_MS", "3000"));
+        v.push(("SWITCHYARD_KAFKA_HEARTBEAT_MS", "3000"));
+        let e = BridgeConfig::from_source(&Source::from_map(v)).unwrap_err();
+        assert!(
+            e.to_string().contains("SWITCHYARD_KAFKA_HEARTBEAT_MS"),
+            "{e}"
+        );
+        let mut v = base();
+        v.push(("SWITCHYARD_MAX_CHANNELS_PER_EVENT", "0"));
+        let e = BridgeConfig::from_source(&Source::from_map(v)).unwrap_err();
+        assert!(
+            e.to_string().contains("SWITCHYARD_MAX_CHANNELS_PER_EVENT"),
+            "{e}"
+        );
     }
 }

@@ -5,7 +5,10 @@
 //! Where things are:
 //! - [`config`]: the typed configuration (environment variables).
 //! - [`envelope`]: decoding and validating the Kafka event envelope.
-//! - [`pipeline`]: the batch loop, DLQ, backpressure and offset handling.
+//! - [`pipeline`]: the batch loop, backpressure and offset handling.
+//! - [`pause`]: the one owner of the consumer's pause state, and the
+//!   bounded carry of records read while paused.
+//! - [`dlq`]: the dead-letter records (full copy, or metadata only).
 //! - [`retention`]: the sweeper that deletes expired log entries.
 //!
 //! The invariant a maintainer must not break: a Kafka offset is stored only
@@ -13,20 +16,22 @@
 //! the DLQ topic.
 
 pub mod config;
+mod dlq;
 pub mod envelope;
 mod metrics;
+pub mod pause;
 pub mod pipeline;
 pub mod retention;
 
 use anyhow::Context as _;
 use config::BridgeConfig;
-use pipeline::{BridgeContext, Health, Pipeline};
+use pause::PauseControl;
+use pipeline::{BridgeContext, Pipeline};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use switchyard_channels::{Topology, TopologyHandle};
 use switchyard_cursorlog::CursorLog;
@@ -39,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 struct BridgeReadiness {
     log: CursorLog,
     publisher: Publisher,
-    health: Arc<Health>,
+    pause: Arc<PauseControl>,
 }
 
 impl Readiness for BridgeReadiness {
@@ -53,7 +58,7 @@ impl Readiness for BridgeReadiness {
                 .ping()
                 .await
                 .map_err(|e| format!("redis: {e}"))?;
-            if self.health.stalled.load(Ordering::Relaxed) {
+            if self.pause.stalled_on_dependency() {
                 return Err("pipeline stalled on a dependency".into());
             }
             Ok("ready".into())
@@ -93,6 +98,8 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
     )
     .await?;
 
+    let session_timeout = cfg.kafka_session_timeout.as_millis().to_string();
+    let heartbeat = cfg.kafka_heartbeat_interval.as_millis().to_string();
     let mut consumer_cfg = kafka_config(
         &cfg,
         &[
@@ -100,7 +107,13 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
             // hold it for the whole wait (tansu) would otherwise add up to
             // 500 ms (librdkafka's default) to every event's latency.
             ("fetch.wait.max.ms", "10"),
-            ("session.timeout.ms", "10000"),
+            // A crashed bridge's partitions move to its replacement once the
+            // broker gives up on its session: keep that short (8 s by
+            // default; Kafka allows down to 6 s, but brokers that send no
+            // heartbeat replies while a join is pending, such as tansu's 6 s
+            // join and sync, would then expire live members).
+            ("session.timeout.ms", &session_timeout),
+            ("heartbeat.interval.ms", &heartbeat),
             ("queued.max.messages.kbytes", "16384"),
             ("auto.commit.interval.ms", "500"),
         ],
@@ -108,13 +121,14 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
     if let Some(id) = &cfg.kafka_instance_id {
         consumer_cfg.set("group.instance.id", id);
     }
+    let pause = Arc::new(PauseControl::default());
     let consumer: StreamConsumer<BridgeContext> = consumer_cfg
         .set("group.id", &cfg.kafka_group)
         // Correctness: offsets are stored by the pipeline, never by librdkafka.
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .create_with_context(BridgeContext)
+        .create_with_context(BridgeContext::new(pause.clone()))
         .context("creating the Kafka consumer (SWITCHYARD_KAFKA_BROKERS)")?;
     let topics: Vec<&str> = cfg.kafka_topics.iter().map(String::as_str).collect();
     consumer
@@ -126,12 +140,11 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
         .create()
         .context("creating the DLQ producer")?;
 
-    let health = Arc::new(Health::default());
     let metrics = switchyard_ops::telemetry::init_metrics();
     let ready = Arc::new(BridgeReadiness {
         log: log.clone(),
         publisher: publisher.clone(),
-        health: health.clone(),
+        pause: pause.clone(),
     });
     let admin = switchyard_ops::admin::spawn(cfg.admin_listen, metrics, ready, cancel.clone())
         .await
@@ -151,7 +164,7 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
         publisher,
         topology,
         cfg,
-        health,
+        pause,
     };
     pipeline.run(cancel.clone()).await;
     cancel.cancel();

@@ -13,3 +13,6 @@ pub(crate) const PAUSED: &str = "switchyard_bridge_consumer_paused";
 pub(crate) const EVENT_LAG: &str = "switchyard_bridge_event_lag_seconds";
 pub(crate) const EPHEMERAL: &str = "switchyard_bridge_events_ephemeral_total";
 pub(crate) const SWEPT: &str = "switchyard_bridge_events_expired_total";
+pub(crate) const DLQ_ERRORS: &str = "switchyard_bridge_dlq_errors_total";
+pub(crate) const DLQ_PAYLOAD_OMITTED: &str = "switchyard_bridge_dlq_payload_omitted_total";
+pub(crate) const CARRY: &str = "switchyard_bridge_carry_records";

@@ -6,36 +6,53 @@
 //!
 //! Invariant: a Kafka offset is stored only after every record up to it is
 //! durable somewhere: in the cursor log (committed), in the DLQ (acknowledged
-//! by the broker), or counted as resolving to no channel. While PostgreSQL or
-//! the DLQ is unavailable the assigned partitions are paused (the consumer
-//! keeps polling so it stays in its group) and the batch is retried, so memory
-//! stays bounded by one batch plus librdkafka's bounded prefetch.
+//! by the broker), or counted as resolving to no channel. Only a record the
+//! database refuses as data (see [`LogError::rejects_data`]) goes to the DLQ:
+//! any other failure stalls and retries. While PostgreSQL or the DLQ is
+//! unavailable the assigned partitions are paused through [`PauseControl`]
+//! (the consumer keeps polling so it stays in its group) and the batch is
+//! retried, so memory stays bounded by the batches in flight plus the
+//! bounded [`Carry`].
 
 use crate::config::BridgeConfig;
+use crate::dlq;
 use crate::envelope::{self, DomainEvent, Rejection};
 use crate::metrics as m;
+use crate::pause::{Carry, PauseControl, Stage};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_channels::{ResolvedChannel, TopologyHandle};
 use switchyard_cursorlog::route::{route, Draft, Route};
 use switchyard_cursorlog::{CursorLog, Entry, LogError, LogEvent, NewEvent};
 use switchyard_livefeed::Publisher;
+use switchyard_ops::backoff::Backoff;
 use tokio_util::sync::CancellationToken;
 
+/// Bytes the reader may park while consumption is paused (see [`Carry`]).
+const CARRY_MAX_BYTES: usize = 32 << 20;
+
 /// The consumer context: commits stored offsets synchronously when
-/// partitions are revoked, and reports commit failures.
-#[derive(Debug, Default)]
-pub struct BridgeContext;
+/// partitions are revoked, applies the pause state to assigned partitions,
+/// and reports commit failures.
+#[derive(Debug)]
+pub struct BridgeContext {
+    pause: Arc<PauseControl>,
+}
+
+impl BridgeContext {
+    pub fn new(pause: Arc<PauseControl>) -> Self {
+        BridgeContext { pause }
+    }
+}
 
 impl ClientContext for BridgeContext {}
 
@@ -52,9 +69,10 @@ impl ConsumerContext for BridgeContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions assigned");
+            self.pause.on_assign(consumer, tpl);
         }
     }
 
@@ -65,13 +83,6 @@ impl ConsumerContext for BridgeContext {
     }
 }
 
-/// Shared health flags for `/readyz`.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// True while the pipeline is stuck retrying a dependency.
-    pub stalled: AtomicBool,
-}
-
 /// The pipeline's parts.
 pub struct Pipeline {
     pub consumer: StreamConsumer<BridgeContext>,
@@ -80,7 +91,7 @@ pub struct Pipeline {
     pub publisher: Publisher,
     pub topology: TopologyHandle,
     pub cfg: BridgeConfig,
-    pub health: Arc<Health>,
+    pub pause: Arc<PauseControl>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -90,6 +101,20 @@ impl std::fmt::Debug for Pipeline {
 }
 
 struct Cancelled;
+
+/// Why the writer did not finish a batch.
+enum Unfinished {
+    Cancelled,
+    /// The channel ids were resolved from a stale cache (the database was
+    /// restored or failed over); the batch must be prepared again.
+    StaleChannels(Vec<OwnedMessage>),
+}
+
+impl From<Cancelled> for Unfinished {
+    fn from(_: Cancelled) -> Self {
+        Unfinished::Cancelled
+    }
+}
 
 /// A record resolved to its channels.
 struct Resolved {
@@ -120,7 +145,7 @@ impl Pipeline {
     pub async fn run(self, cancel: CancellationToken) {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(2);
         let reader = async {
-            let mut carry: Vec<OwnedMessage> = Vec::new();
+            let mut carry = Carry::new(self.cfg.batch_max, CARRY_MAX_BYTES);
             loop {
                 let batch = self.gather(&mut carry, &cancel).await;
                 if batch.is_empty() {
@@ -129,19 +154,19 @@ impl Pipeline {
                     }
                     continue;
                 }
-                let Ok(prepared) = self.prepare(batch, &mut carry, &cancel).await else {
+                let Ok(prepared) = self.prepare(batch, Some(&mut carry), &cancel).await else {
                     break;
                 };
                 // Wait for the writer; while it is stalled on a dependency the
                 // partitions are paused, so polling (to stay in the group)
-                // only drains the bounded prefetch into `carry`.
+                // only drains what was fetched before into `carry`.
                 let permit = loop {
                     tokio::select! {
                         p = tx.reserve() => break p.ok(),
                         _ = cancel.cancelled() => break None,
-                        r = self.consumer.recv(), if self.health.stalled.load(Ordering::Relaxed) => {
+                        r = self.consumer.recv(), if self.pause.is_paused() => {
                             if let Ok(msg) = r {
-                                carry.push(msg.detach());
+                                self.park(&mut carry, msg.detach());
                             }
                         }
                         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -158,21 +183,48 @@ impl Pipeline {
         // not wait for Redis. Batches are published in commit order.
         let (pub_tx, mut pub_rx) = tokio::sync::mpsc::channel::<Vec<LogEvent>>(2);
         let writer = async {
-            while let Some(prepared) = rx.recv().await {
+            let mut stale = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            while let Some(mut prepared) = rx.recv().await {
                 let records = prepared.batch.len();
-                match self.commit(prepared, &cancel).await {
-                    Ok(live) => {
-                        if pub_tx.send(live).await.is_err() {
-                            break;
+                let live = loop {
+                    match self.commit(prepared, &cancel).await {
+                        Ok(live) => {
+                            stale.reset();
+                            break Some(live);
+                        }
+                        Err(Unfinished::Cancelled) => break None,
+                        Err(Unfinished::StaleChannels(batch)) => {
+                            // The log dropped its id cache; resolve again.
+                            // Paused meanwhile: if this repeats, the
+                            // database keeps losing channel rows.
+                            self.pause.stall(&self.consumer, Stage::Writer);
+                            metrics::counter!(m::PG_ERRORS).increment(1);
+                            let delay = stale.next_delay();
+                            tracing::warn!(
+                                records,
+                                retry_in_ms = delay.as_millis() as u64,
+                                "channel ids are stale (database restored or failed over); resolving the batch again"
+                            );
+                            tokio::select! {
+                                _ = cancel.cancelled() => break None,
+                                _ = tokio::time::sleep(delay) => {}
+                            }
+                            match self.prepare(batch, None, &cancel).await {
+                                Ok(p) => prepared = p,
+                                Err(Cancelled) => break None,
+                            }
                         }
                     }
-                    Err(Cancelled) => {
-                        tracing::info!(
-                            records,
-                            "shutdown during retry; the batch will be redelivered"
-                        );
-                        break;
-                    }
+                };
+                let Some(live) = live else {
+                    tracing::info!(
+                        records,
+                        "shutdown during retry; the batch will be redelivered"
+                    );
+                    break;
+                };
+                if pub_tx.send(live).await.is_err() {
+                    break;
                 }
             }
             drop(pub_tx);
@@ -189,15 +241,13 @@ impl Pipeline {
         }
     }
 
-    async fn gather(
-        &self,
-        carry: &mut Vec<OwnedMessage>,
-        cancel: &CancellationToken,
-    ) -> Vec<OwnedMessage> {
+    async fn gather(&self, carry: &mut Carry, cancel: &CancellationToken) -> Vec<OwnedMessage> {
         let max = self.cfg.batch_max;
-        let mut batch = std::mem::take(carry);
+        let mut batch = carry.take(max);
+        if !carry.is_full() {
+            self.pause.recover(&self.consumer, Stage::Carry);
+        }
         if batch.len() >= max {
-            *carry = batch.split_off(max);
             return batch;
         }
         if batch.is_empty() {
@@ -230,11 +280,20 @@ impl Pipeline {
         batch
     }
 
-    /// Stage one: decode, validate, resolve and look up channel ids.
+    /// Parks a record read while paused; a full carry holds consumption.
+    fn park(&self, carry: &mut Carry, msg: OwnedMessage) {
+        if carry.push(msg) {
+            self.pause.stall(&self.consumer, Stage::Carry);
+        }
+    }
+
+    /// Stage one: decode, validate, resolve and look up channel ids. The
+    /// reader passes its `carry` (it keeps polling while it retries); the
+    /// writer, preparing a batch again, passes `None`.
     async fn prepare(
         &self,
         batch: Vec<OwnedMessage>,
-        carry: &mut Vec<OwnedMessage>,
+        carry: Option<&mut Carry>,
         cancel: &CancellationToken,
     ) -> Result<Prepared, Cancelled> {
         let started = Instant::now();
@@ -263,6 +322,20 @@ impl Pipeline {
                     }
                     let tenant = (!ev.tenant.is_empty()).then_some(ev.tenant.as_str());
                     let channels = topology.resolve_event(&ev.topic, &ev.scopes, tenant);
+                    if channels.len() > self.cfg.max_channels_per_event {
+                        rejected.push((
+                            i,
+                            Rejection::new(
+                                "too_many_channels",
+                                format!(
+                                    "the event resolves to {} channels, the limit is {} (SWITCHYARD_MAX_CHANNELS_PER_EVENT)",
+                                    channels.len(),
+                                    self.cfg.max_channels_per_event
+                                ),
+                            ),
+                        ));
+                        continue;
+                    }
                     if channels.is_empty() {
                         metrics::counter!(m::UNROUTED, "topic" => ev.topic.clone()).increment(1);
                         tracing::debug!(event_id = %ev.id, topic = %ev.topic, "event resolved to no channel");
@@ -285,10 +358,20 @@ impl Pipeline {
             .collect();
         keys.sort();
         keys.dedup();
+        let stage = if carry.is_some() {
+            Stage::Reader
+        } else {
+            Stage::Writer
+        };
         let ids = self
-            .retry("resolve channel ids", Some(carry), cancel, || {
-                self.log.channel_ids(&keys)
-            })
+            .retry(
+                "resolve channel ids",
+                stage,
+                m::PG_ERRORS,
+                carry,
+                cancel,
+                || self.log.channel_ids(&keys),
+            )
             .await?;
         let id_of: HashMap<&str, i64> = keys.iter().map(String::as_str).zip(ids).collect();
 
@@ -347,7 +430,7 @@ impl Pipeline {
         &self,
         p: Prepared,
         cancel: &CancellationToken,
-    ) -> Result<Vec<LogEvent>, Cancelled> {
+    ) -> Result<Vec<LogEvent>, Unfinished> {
         let Prepared {
             batch,
             mut rejected,
@@ -357,12 +440,25 @@ impl Pipeline {
             mut ephemeral_extra,
             started,
         } = p;
-        let batch = &batch[..];
-        let (outcome, poisoned) = self
-            .retry("append to the cursor log", None, cancel, || {
-                append_resilient(&self.log, &new_events)
-            })
+        let appended = self
+            .retry(
+                "append to the cursor log",
+                Stage::Writer,
+                m::PG_ERRORS,
+                None,
+                cancel,
+                || async {
+                    match append_resilient(&self.log, &new_events).await {
+                        Err(LogError::UnknownChannel(id)) => Ok(Err(id)),
+                        r => r.map(Ok),
+                    }
+                },
+            )
             .await?;
+        let Ok((outcome, poisoned)) = appended else {
+            return Err(Unfinished::StaleChannels(batch));
+        };
+        let batch = &batch[..];
         for (event_id, why) in poisoned {
             if let Some(&i) = msg_of_event.get(&event_id) {
                 rejected.push((i, Rejection::new("storage_rejected", why)));
@@ -371,9 +467,26 @@ impl Pipeline {
         // Records that failed validation (or storage) go to the DLQ before any
         // offset covering them is stored.
         if !rejected.is_empty() {
-            self.retry("write to the DLQ", None, cancel, || {
-                self.send_dlq(batch, &rejected)
-            })
+            for (i, why) in &rejected {
+                let msg = &batch[*i];
+                metrics::counter!(m::DLQ, "reason" => why.reason).increment(1);
+                tracing::warn!(
+                    reason = why.reason,
+                    detail = %why.detail,
+                    topic = msg.topic(),
+                    partition = msg.partition(),
+                    offset = msg.offset(),
+                    "event rejected to the DLQ"
+                );
+            }
+            self.retry(
+                "write to the DLQ",
+                Stage::Writer,
+                m::DLQ_ERRORS,
+                None,
+                cancel,
+                || self.send_dlq(batch, &rejected),
+            )
             .await?;
         }
 
@@ -401,14 +514,16 @@ impl Pipeline {
         Ok(live)
     }
 
-    /// Retries `op` with capped backoff until it succeeds, pausing the
-    /// assigned partitions meanwhile. The reader stage passes its `carry` to
-    /// park anything still fetched (bounded: fetching stops while paused);
-    /// the writer stage passes `None` and the reader keeps polling.
+    /// Retries `op` with jittered backoff until it succeeds, holding
+    /// consumption paused (as `stage`) meanwhile and counting each failure
+    /// in `errors`. The reader passes its `carry` to park anything still
+    /// fetched; the writer passes `None` and the reader keeps polling.
     async fn retry<T, E, F, Fut>(
         &self,
         what: &str,
-        mut carry: Option<&mut Vec<OwnedMessage>>,
+        stage: Stage,
+        errors: &'static str,
+        mut carry: Option<&mut Carry>,
         cancel: &CancellationToken,
         mut op: F,
     ) -> Result<T, Cancelled>
@@ -417,55 +532,33 @@ impl Pipeline {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let mut backoff = Duration::from_millis(100);
-        let mut paused = false;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             match op().await {
                 Ok(v) => {
-                    if paused {
-                        self.set_paused(false);
-                        tracing::info!(what, "dependency recovered; consumption resumed");
-                    }
+                    // Also clears a mark the writer set for stale channels.
+                    self.pause.recover(&self.consumer, stage);
                     return Ok(v);
                 }
                 Err(e) => {
-                    metrics::counter!(m::PG_ERRORS).increment(1);
-                    if !paused {
-                        self.set_paused(true);
-                        paused = true;
-                    }
-                    tracing::warn!(what, error = %e, retry_in_ms = backoff.as_millis() as u64, "failed; consumption paused");
-                    let until = tokio::time::Instant::now() + backoff;
+                    metrics::counter!(errors).increment(1);
+                    self.pause.stall(&self.consumer, stage);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(what, error = %e, retry_in_ms = delay.as_millis() as u64, "failed; consumption paused");
+                    let until = tokio::time::Instant::now() + delay;
                     loop {
                         tokio::select! {
                             _ = cancel.cancelled() => return Err(Cancelled),
                             _ = tokio::time::sleep_until(until) => break,
                             r = self.consumer.recv(), if carry.is_some() => {
                                 if let (Ok(msg), Some(c)) = (r, carry.as_deref_mut()) {
-                                    c.push(msg.detach());
+                                    self.park(c, msg.detach());
                                 }
                             }
                         }
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
-        }
-    }
-
-    fn set_paused(&self, paused: bool) {
-        self.health.stalled.store(paused, Ordering::Relaxed);
-        metrics::gauge!(m::PAUSED).set(if paused { 1.0 } else { 0.0 });
-        let Ok(assignment) = self.consumer.assignment() else {
-            return;
-        };
-        let r = if paused {
-            self.consumer.pause(&assignment)
-        } else {
-            self.consumer.resume(&assignment)
-        };
-        if let Err(e) = r {
-            tracing::warn!(error = %e, paused, "cannot change partition pause state");
         }
     }
 
@@ -474,63 +567,51 @@ impl Pipeline {
         batch: &[OwnedMessage],
         rejected: &[(usize, Rejection)],
     ) -> Result<(), rdkafka::error::KafkaError> {
-        let sends = rejected.iter().map(|(i, why)| {
-            let msg = &batch[*i];
-            metrics::counter!(m::DLQ, "reason" => why.reason).increment(1);
-            tracing::warn!(
-                reason = why.reason,
-                detail = %why.detail,
-                topic = msg.topic(),
-                partition = msg.partition(),
-                offset = msg.offset(),
-                "event rejected to the DLQ"
-            );
-            let partition = msg.partition().to_string();
-            let offset = msg.offset().to_string();
-            let mut headers = OwnedHeaders::new();
-            if let Some(h) = msg.headers() {
-                for hdr in h.iter() {
-                    headers = headers.insert(Header {
-                        key: hdr.key,
-                        value: hdr.value,
-                    });
-                }
-            }
-            let headers = headers
-                .insert(Header {
-                    key: "switchyard-dlq-reason",
-                    value: Some(why.reason),
-                })
-                .insert(Header {
-                    key: "switchyard-dlq-detail",
-                    value: Some(&why.detail),
-                })
-                .insert(Header {
-                    key: "switchyard-source-topic",
-                    value: Some(msg.topic()),
-                })
-                .insert(Header {
-                    key: "switchyard-source-partition",
-                    value: Some(&partition),
-                })
-                .insert(Header {
-                    key: "switchyard-source-offset",
-                    value: Some(&offset),
-                });
-            let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&self.cfg.dlq_topic).headers(headers);
-            if let Some(k) = msg.key() {
-                record = record.key(k);
-            }
-            if let Some(p) = msg.payload() {
-                record = record.payload(p);
-            }
-            self.dlq.send(record, Duration::from_secs(10))
-        });
+        let sends = rejected
+            .iter()
+            .map(|(i, why)| self.send_dlq_record(&batch[*i], why));
         for r in futures::future::join_all(sends).await {
-            r.map_err(|(e, _)| e)?;
+            r?;
         }
         Ok(())
+    }
+
+    /// Sends one DLQ record: a copy of `msg`, or its metadata alone when the
+    /// copy is too large to send (retrying a too-large record never helps).
+    async fn send_dlq_record(
+        &self,
+        msg: &OwnedMessage,
+        why: &Rejection,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let timeout = Duration::from_secs(10);
+        let topic = &self.cfg.dlq_topic;
+        if dlq::first_form(msg, self.cfg.dlq_max_bytes) == dlq::Form::Full {
+            match self
+                .dlq
+                .send(dlq::record(topic, msg, why, dlq::Form::Full), timeout)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err((e, _)) if !dlq::is_too_large(&e) => return Err(e),
+                Err((e, _)) => tracing::warn!(error = %e, "the DLQ refused the copy as too large"),
+            }
+        }
+        tracing::warn!(
+            bytes = dlq::original_bytes(msg),
+            topic = msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            "record too large for the DLQ; sending its metadata only"
+        );
+        metrics::counter!(m::DLQ_PAYLOAD_OMITTED).increment(1);
+        self.dlq
+            .send(
+                dlq::record(topic, msg, why, dlq::Form::MetadataOnly),
+                timeout,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
     }
 
     fn store_offsets(&self, batch: &[OwnedMessage]) {
@@ -574,14 +655,16 @@ type AppendFuture<'a> = std::pin::Pin<
     >,
 >;
 
-/// Appends `events`; when PostgreSQL rejects the batch for a reason retrying
-/// cannot fix, splits it to isolate the offending events (returned as
-/// poisoned, for the DLQ) and appends the rest in order.
+/// Appends `events`; when PostgreSQL rejects the batch's *data* (see
+/// [`LogError::rejects_data`]), splits it to isolate the offending events
+/// (returned as poisoned, for the DLQ) and appends the rest in order. Any
+/// other error is returned for the caller to retry: a read-only database
+/// or a missing privilege must never send events to the DLQ.
 fn append_resilient<'a>(log: &'a CursorLog, events: &'a [NewEvent]) -> AppendFuture<'a> {
     Box::pin(async move {
         match log.append_batch(events).await {
             Ok(o) => Ok((o, Vec::new())),
-            Err(e) if e.is_transient() => Err(e),
+            Err(e) if !e.rejects_data() => Err(e),
             Err(e) if events.len() == 1 => {
                 tracing::error!(error = %e, event_id = %events[0].event_id, "PostgreSQL rejected the event");
                 Ok((

@@ -39,6 +39,11 @@ pub enum LogError {
     Db(#[from] tokio_postgres::Error),
     #[error("the log has no epoch; migrations did not run")]
     NoEpoch,
+    /// A channel id the database does not have: the id cache predates a
+    /// restore or a failover to a replica that lacks the row. The cache is
+    /// cleared when this is returned; resolve the ids again and retry.
+    #[error("channel id {0} is not in the database (stale channel id cache)")]
+    UnknownChannel(i64),
 }
 
 impl LogError {
@@ -46,7 +51,7 @@ impl LogError {
     /// unreachable, a serialization conflict, a concurrent duplicate insert).
     pub fn is_transient(&self) -> bool {
         match self {
-            LogError::Config(_) | LogError::NoEpoch => false,
+            LogError::Config(_) | LogError::NoEpoch | LogError::UnknownChannel(_) => false,
             LogError::Pool(_) => true,
             LogError::Db(e) => match e.code() {
                 None => true,
@@ -63,6 +68,31 @@ impl LogError {
             },
         }
     }
+
+    /// Whether the database refused *this data* (a value it cannot store or
+    /// a constraint it violates), so the same events can never be appended
+    /// and may go to the DLQ. Everything else (connectivity, a read-only
+    /// transaction after a failover, permissions, a missing table, a stale
+    /// channel id cache, resource limits) is about the database, not the
+    /// event: the caller must stall and retry, never drop the event.
+    pub fn rejects_data(&self) -> bool {
+        match self {
+            LogError::Db(e) => e.code().is_some_and(|c| sqlstate_rejects_data(c.code())),
+            LogError::Config(_)
+            | LogError::Pool(_)
+            | LogError::NoEpoch
+            | LogError::UnknownChannel(_) => false,
+        }
+    }
+}
+
+/// The SQLSTATEs that condemn the data rather than the database: class 22
+/// (data exception: a value too long, an invalid byte sequence, a number
+/// out of range) and class 23 (integrity constraint violation) except
+/// `23505` unique violation, which the log's idempotency relies on (a
+/// concurrent writer inserted the same event id; retrying finds it).
+pub fn sqlstate_rejects_data(code: &str) -> bool {
+    code.starts_with("22") || (code.starts_with("23") && code != "23505")
 }
 
 /// Pool settings.
@@ -300,9 +330,14 @@ impl CursorLog {
             let ord = c_ids.len() as i64 + 1;
             for ch in &ev.channels {
                 let Some(head) = heads.get_mut(ch) else {
-                    return Err(LogError::Config(format!(
-                        "channel id {ch} does not exist; resolve ids with channel_ids first"
-                    )));
+                    // Ids come from `channel_ids`; one the database lacks
+                    // means the cache is stale: drop it so the caller's
+                    // next `channel_ids` asks the database again.
+                    self.channel_cache
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clear();
+                    return Err(LogError::UnknownChannel(*ch));
                 };
                 *head += 1;
                 entries.push(Entry {
@@ -482,5 +517,50 @@ impl CursorLog {
     /// The underlying pool (tests and tooling).
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_data_and_constraint_errors_reject_the_data() {
+        for code in [
+            "22001", // string data right truncation
+            "22021", // invalid byte sequence (a NUL in text)
+            "22P02", // invalid text representation
+            "22003", // numeric value out of range
+            "23502", // not null violation
+            "23503", // foreign key violation
+            "23514", // check violation
+        ] {
+            assert!(sqlstate_rejects_data(code), "{code} rejects the data");
+        }
+        for code in [
+            "23505", // unique violation: a concurrent writer, retry finds it
+            "25006", // read-only transaction (after a failover)
+            "25P02", // in failed transaction
+            "42501", // insufficient privilege
+            "42P01", // undefined table
+            "40001", // serialization failure
+            "40P01", // deadlock
+            "08006", // connection failure
+            "53300", // too many connections
+            "54000", // program limit exceeded
+            "57P01", // admin shutdown
+            "57014", // query canceled (statement timeout)
+            "XX000", // internal error
+            "",
+        ] {
+            assert!(!sqlstate_rejects_data(code), "{code} is about the database");
+        }
+    }
+
+    #[test]
+    fn errors_without_a_sqlstate_never_reject_the_data() {
+        assert!(!LogError::UnknownChannel(7).rejects_data());
+        assert!(!LogError::Config("x".into()).rejects_data());
+        assert!(!LogError::NoEpoch.rejects_data());
     }
 }
