@@ -12,6 +12,9 @@ use switchyard_ops::config::{ConfigError, Source};
 
 use crate::auth::jwks::JwksSource;
 
+/// Shortest server API key accepted.
+pub const MIN_API_KEY_BYTES: usize = 16;
+
 /// Typed gateway configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -67,6 +70,20 @@ pub struct GatewayConfig {
     /// Signs and checks cursors (`SWITCHYARD_CURSOR_KEY`, or derived from
     /// the HS256 secret); `None`: cursors are unsigned.
     pub cursor_key: Option<CursorKey>,
+    /// The server API's listener (`None`: no server API).
+    pub api_listen: Option<SocketAddr>,
+    /// Keys a backend presents to the server API.
+    pub api_keys: Vec<String>,
+    /// Largest payload of a server API publish.
+    pub api_max_payload_bytes: usize,
+    /// WebSocket connections one user may hold on this node (0: no limit).
+    pub max_user_connections: usize,
+    /// WebSocket connections one tenant may hold on this node (0: no limit).
+    pub max_tenant_connections: usize,
+    /// Client publishes per user per window, across the fleet (0: no limit).
+    pub publish_rate_per_user: u64,
+    /// The window of `publish_rate_per_user`.
+    pub publish_rate_window: Duration,
 }
 
 impl GatewayConfig {
@@ -164,7 +181,45 @@ impl GatewayConfig {
                 .as_deref()
                 .map(|s| CursorKey::derive(s.as_bytes(), "switchyard cursor key v1")),
         };
+        let api_listen = match s.get("SWITCHYARD_API_LISTEN").filter(|v| !v.is_empty()) {
+            None => None,
+            Some(_) => Some(s.socket_addr_or("SWITCHYARD_API_LISTEN", "")?),
+        };
+        let api_keys = s.list_or("SWITCHYARD_API_KEYS", "");
+        if api_listen.is_some() {
+            if api_keys.is_empty() {
+                return Err(ConfigError::Missing {
+                    var: "SWITCHYARD_API_KEYS".into(),
+                    hint: "SWITCHYARD_API_LISTEN is set: give the server API at least one key \
+                           (comma-separated, e.g. `openssl rand -hex 32`)"
+                        .into(),
+                });
+            }
+            if api_keys.iter().any(|k| k.len() < MIN_API_KEY_BYTES) {
+                return Err(ConfigError::Invalid {
+                    var: "SWITCHYARD_API_KEYS".into(),
+                    value: "<hidden>".into(),
+                    reason: format!("use keys of at least {MIN_API_KEY_BYTES} bytes"),
+                });
+            }
+        }
+        let publish_rate_window =
+            Duration::from_secs(s.parse_or("SWITCHYARD_PUBLISH_RATE_WINDOW_SECONDS", 60u64)?);
+        if publish_rate_window.is_zero() {
+            return Err(ConfigError::Invalid {
+                var: "SWITCHYARD_PUBLISH_RATE_WINDOW_SECONDS".into(),
+                value: "0".into(),
+                reason: "use at least 1 second".into(),
+            });
+        }
         Ok(GatewayConfig {
+            api_listen,
+            api_keys,
+            api_max_payload_bytes: s.parse_or("SWITCHYARD_API_MAX_PAYLOAD_BYTES", 256 * 1024)?,
+            max_user_connections: s.parse_or("SWITCHYARD_MAX_USER_CONNECTIONS", 0)?,
+            max_tenant_connections: s.parse_or("SWITCHYARD_MAX_TENANT_CONNECTIONS", 0)?,
+            publish_rate_per_user: s.parse_or("SWITCHYARD_PUBLISH_RATE_PER_USER", 0)?,
+            publish_rate_window,
             store: StoreConfig::from_source(s, 16)?,
             topology: PathBuf::from(s.required(
                 "SWITCHYARD_TOPOLOGY",
@@ -222,6 +277,27 @@ mod tests {
         let c = GatewayConfig::from_source(&Source::from_map(base())).unwrap();
         assert_eq!(c.listen.port(), 8080);
         assert_eq!(c.admin_listen.port(), 9091);
+        assert_eq!(c.api_listen, None);
+        assert_eq!(c.max_user_connections, 0);
+    }
+
+    #[test]
+    fn the_server_api_needs_keys() {
+        let mut v = base();
+        v.push(("SWITCHYARD_API_LISTEN", "127.0.0.1:9092"));
+        let e = GatewayConfig::from_source(&Source::from_map(v.clone())).unwrap_err();
+        assert!(e.to_string().contains("SWITCHYARD_API_KEYS"), "{e}");
+        v.push(("SWITCHYARD_API_KEYS", "short"));
+        let e = GatewayConfig::from_source(&Source::from_map(v.clone())).unwrap_err();
+        assert!(e.to_string().contains("SWITCHYARD_API_KEYS"), "{e}");
+        v.pop();
+        v.push((
+            "SWITCHYARD_API_KEYS",
+            "0123456789abcdef0123, fedcba9876543210fedc",
+        ));
+        let c = GatewayConfig::from_source(&Source::from_map(v)).unwrap();
+        assert_eq!(c.api_listen.map(|a| a.port()), Some(9092));
+        assert_eq!(c.api_keys.len(), 2);
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum RequestError {
     Log(#[source] LogError),
     #[error("publish was not stored")]
     NotStored,
+    #[error("too many publishes from this user (at most {limit} per {window_secs} s); slow down")]
+    PublishRate { limit: u64, window_secs: u64 },
 }
 
 impl RequestError {
@@ -33,6 +35,7 @@ impl RequestError {
     pub fn code(&self) -> ErrorCode {
         match self {
             RequestError::UnknownTopic(_) | RequestError::PayloadNotJson => ErrorCode::BadRequest,
+            RequestError::PublishRate { .. } => ErrorCode::RateLimited,
             RequestError::NoChannels(_) => ErrorCode::Forbidden,
             RequestError::NotPublishable(_) => ErrorCode::NotPublishable,
             RequestError::PayloadTooLarge { .. } => ErrorCode::TooLarge,

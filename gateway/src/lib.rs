@@ -2,6 +2,8 @@
 //!
 //! Where things are, from the edge inwards (a module only uses modules
 //! listed after it; `tests/module_graph.rs` checks this):
+//! - [`api`]: the server API for backends (its own listener, API keys):
+//!   publish, disconnect, history, info.
 //! - [`server`]: the HTTP listener, limits, routing, upgrade.
 //! - [`poll`]: the long-poll fallback.
 //! - [`session`]: one WebSocket connection (reader, session loop, writer).
@@ -15,6 +17,8 @@
 //! - [`golive`], [`subscription`], [`outbound`]: the leaf types the above
 //!   share: the go-live request, a subscription's spec and progress, a
 //!   connection's byte- and frame-bounded outbound queue.
+//! - [`connections`]: the node's connections by user and tenant (server
+//!   disconnects, per-user and per-tenant quotas, counts).
 //! - [`wakers`]: per-channel wake-ups for long-polls.
 //! - [`http`], [`config`], [`auth`], [`error`], [`protocol`]: request
 //!   helpers, configuration, JWT verification, typed errors, client frames.
@@ -26,9 +30,11 @@
 //! goes back to it. Every task the node starts is owned by its task
 //! trackers and ends at shutdown.
 
+pub mod api;
 pub mod auth;
 pub mod catchup;
 pub mod config;
+pub mod connections;
 pub mod error;
 pub mod fanout;
 pub mod golive;
@@ -66,7 +72,10 @@ use tokio_util::task::TaskTracker;
 /// sessions hold; everything below them takes only the parts it needs.
 #[derive(Debug)]
 pub struct Node {
+    /// This node's id (random per start), in `/v1/info`.
+    pub(crate) id: String,
     pub(crate) cfg: GatewayConfig,
+    pub(crate) connections: Arc<connections::Registry>,
     pub(crate) log: CursorLog,
     pub(crate) topology: TopologyHandle,
     pub(crate) auth: auth::Authenticator,
@@ -104,6 +113,10 @@ impl Node {
             publisher: &self.publisher,
             store: &self.cfg.store,
             max_publish_bytes: self.cfg.max_publish_bytes,
+            rate: Some(publish::PublishRate {
+                limit: self.cfg.publish_rate_per_user,
+                window: self.cfg.publish_rate_window,
+            }),
         }
     }
 
@@ -168,6 +181,8 @@ impl switchyard_ops::admin::Readiness for NodeReadiness {
 #[derive(Debug)]
 pub struct Running {
     pub listen: SocketAddr,
+    /// The server API's address, when enabled.
+    pub api: Option<SocketAddr>,
     pub admin: SocketAddr,
     pub node: Arc<Node>,
     stop_accepting: CancellationToken,
@@ -241,6 +256,11 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
     let feed = Arc::new(livefeed::FeedState::default());
     let wakers = Arc::new(wakers::ChannelWakers::default());
     let node = Arc::new(Node {
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        connections: Arc::new(connections::Registry::new(connections::Limits {
+            per_user: cfg.max_user_connections,
+            per_tenant: cfg.max_tenant_connections,
+        })),
         log: log.clone(),
         topology: topology.clone(),
         auth,
@@ -273,6 +293,21 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
         background.clone(),
     ));
     tasks.spawn(topology.watcher(cfg.topology.clone(), background.clone()));
+    let registry = node.connections.clone();
+    tasks.spawn(switchyard_livefeed::subscribe_control(
+        cfg.store.redis_url.clone(),
+        cfg.store.redis_prefix.clone(),
+        move |control| match control {
+            switchyard_livefeed::Control::Disconnect { user } => {
+                let n = registry.disconnect(&user);
+                if n > 0 {
+                    ::metrics::counter!(crate::metrics::SERVER_DISCONNECTS).increment(n as u64);
+                    tracing::info!(%user, connections = n, "user disconnected by the server API");
+                }
+            }
+        },
+        background.clone(),
+    ));
 
     let metrics = switchyard_ops::telemetry::init_metrics();
     let (admin, admin_server) = switchyard_ops::admin::bind(
@@ -298,9 +333,28 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
         drain.clone(),
         connections.clone(),
     ));
-    tracing::info!(%listen, %admin, epoch = log.epoch(), shards, "gateway started");
+    let api = match cfg.api_listen {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding SWITCHYARD_API_LISTEN={addr}"))?;
+            let api = listener.local_addr()?;
+            // API requests end with the background tasks, after the drain:
+            // backends keep publishing while clients move away.
+            tasks.spawn(api::serve(
+                listener,
+                node.clone(),
+                background.clone(),
+                tasks.clone(),
+            ));
+            Some(api)
+        }
+    };
+    tracing::info!(%listen, %admin, ?api, epoch = log.epoch(), shards, "gateway started");
     Ok(Running {
         listen,
+        api,
         admin,
         node,
         stop_accepting,

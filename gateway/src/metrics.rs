@@ -20,3 +20,7 @@ pub(crate) const RETRIES: &str = "switchyard_gateway_retries_total";
 pub(crate) const STALLED_CLOSES: &str = "switchyard_gateway_stalled_client_closes_total";
 pub(crate) const POLL_WAKEUPS: &str = "switchyard_gateway_poll_wakeups_total";
 pub(crate) const BACKFILL_FAILURES: &str = "switchyard_gateway_backfill_failures_total";
+pub(crate) const API_REQUESTS: &str = "switchyard_gateway_api_requests_total";
+pub(crate) const QUOTA_REFUSALS: &str = "switchyard_gateway_quota_refusals_total";
+pub(crate) const QUOTA_FAIL_OPEN: &str = "switchyard_gateway_quota_fail_open_total";
+pub(crate) const SERVER_DISCONNECTS: &str = "switchyard_gateway_server_disconnects_total";

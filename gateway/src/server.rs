@@ -171,6 +171,23 @@ fn upgrade(
         Ok(i) => i,
         Err(resp) => return *resp,
     };
+    // Quotas are checked before the upgrade: a refused client gets an HTTP
+    // answer it can read, not a WebSocket that closes at once.
+    let place = node
+        .connections
+        .reserve(identity.user.clone(), identity.entitlements.tenant.clone());
+    let place = match place {
+        Ok(p) => p,
+        Err(refusal) => {
+            metrics::counter!(m::QUOTA_REFUSALS, "kind" => refusal.kind()).increment(1);
+            metrics::counter!(m::CONNECTIONS_TOTAL, "result" => "quota").increment(1);
+            return json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                &refusal.to_string(),
+            );
+        }
+    };
     let offered: Vec<String> = req
         .headers()
         .get_all("sec-websocket-protocol")
@@ -199,7 +216,9 @@ fn upgrade(
     tracker.spawn(async move {
         let _slot = slot;
         match fut.await {
-            Ok(ws) => crate::session::run(ws.into_inner(), node, identity, protocol, drain).await,
+            Ok(ws) => {
+                crate::session::run(ws.into_inner(), node, identity, place, protocol, drain).await
+            }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });

@@ -9,6 +9,9 @@
 //! - [`publisher`]: [`Publisher`], one pipelined publish per batch.
 //! - [`subscriber`]: [`subscribe`], the reconnecting pattern subscription
 //!   that hands events to a [`LiveSink`].
+//! - [`control`]: orders between gateway nodes ([`Control`], e.g. a
+//!   server-side disconnect) on their own channel, and their subscription.
+//! - [`counter`]: fleet-wide counters per time window (quotas).
 //!
 //! The invariant a maintainer must not break: the feed is an accelerator,
 //! never the truth. A publish that fails is counted, not retried into a
@@ -16,13 +19,16 @@
 //! PostgreSQL only once its subscription is active, so nothing published
 //! while it was away is lost between the two.
 
+pub mod control;
+pub mod counter;
 mod metrics;
 pub mod naming;
 pub mod publisher;
 pub mod subscriber;
 pub mod wire;
 
-pub use naming::{live_channel, live_pattern};
+pub use control::{subscribe_control, Control};
+pub use naming::{control_channel, live_channel, live_pattern};
 pub use publisher::Publisher;
 pub use subscriber::{subscribe, LiveSink, SubscriberConfig};
 pub use wire::{decode, decode_with, encode, encode_with, LiveKey};

@@ -14,6 +14,12 @@ pub fn live_pattern(prefix: &str) -> String {
     format!("{prefix}:live:*")
 }
 
+/// The channel of control messages between gateway nodes: outside the
+/// live pattern, so the feed never mistakes one for an event.
+pub fn control_channel(prefix: &str) -> String {
+    format!("{prefix}:control")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -26,5 +32,6 @@ mod tests {
         let stem = |pattern: String| pattern.trim_end_matches('*').to_owned();
         assert!(channel.starts_with(&stem(live_pattern("sy"))));
         assert!(!channel.starts_with(&stem(live_pattern("s"))));
+        assert!(!control_channel("sy").starts_with(&stem(live_pattern("sy"))));
     }
 }

@@ -18,8 +18,8 @@ use switchyard_cursorlog::LogEvent;
 /// Publishes events on Redis with one pipelined round trip per call.
 #[derive(Clone)]
 pub struct Publisher {
-    conn: ConnectionManager,
-    prefix: String,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) prefix: String,
     epoch: String,
     key: Option<LiveKey>,
 }

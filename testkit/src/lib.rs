@@ -19,11 +19,13 @@
 //! | `token` | JWTs signed with the test secret |
 //! | `event` | the events tests produce |
 //! | `client` | the WebSocket test client speaking the JSON protocol |
+//! | `api` | the gateways' server API: the test key, one JSON request |
 //!
 //! Invariant: every stack uses its own database, topics, Redis prefix and
 //! ports, so tests run in parallel and repeated runs never collide; every
 //! child process is killed when its handle drops.
 
+mod api;
 mod broker;
 mod client;
 mod database;
@@ -34,6 +36,7 @@ mod redis;
 mod stack;
 mod token;
 
+pub use api::{api_request, API_KEY};
 pub use broker::{committed_offsets, tansu_bin, Broker};
 pub use client::{ids, ns, Client, Connect};
 pub use database::{pg_base, Database, PgServer};

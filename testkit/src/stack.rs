@@ -7,6 +7,7 @@
 //! consumer group and ports, so stacks never see each other's data; the
 //! binaries are the workspace's current build.
 
+use crate::api::API_KEY;
 use crate::broker::{committed_offsets, tansu_bin, Broker};
 use crate::database::{pg_base, Database};
 use crate::probe::{free_port, wait_ready};
@@ -104,6 +105,8 @@ pub struct GatewayNode {
     pub proc: Proc,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    /// The server API (key [`crate::API_KEY`]).
+    pub api: SocketAddr,
 }
 
 impl GatewayNode {
@@ -209,7 +212,10 @@ impl Stack {
     pub fn start_gateway(&mut self) -> anyhow::Result<usize> {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let mut cmd = Command::new(binary("switchyard-gateway"));
+        cmd.env("SWITCHYARD_API_LISTEN", api.to_string())
+            .env("SWITCHYARD_API_KEYS", API_KEY);
         self.common_env(&mut cmd);
         cmd.env("SWITCHYARD_LISTEN", listen.to_string())
             .env("SWITCHYARD_ADMIN_LISTEN", admin.to_string())
@@ -222,6 +228,7 @@ impl Stack {
             proc,
             listen,
             admin,
+            api,
         });
         Ok(i)
     }

@@ -14,6 +14,7 @@ mod reader;
 pub(crate) mod writer;
 
 use crate::auth::Identity;
+use crate::connections::Slot;
 use crate::error::RequestError;
 use crate::metrics as m;
 use crate::outbound::{self, Outbound, OutboundTx};
@@ -94,6 +95,7 @@ pub(crate) async fn run<S>(
     io: S,
     node: Arc<Node>,
     identity: Identity,
+    mut place: Slot,
     protocol: Protocol,
     drain: CancellationToken,
 ) where
@@ -110,6 +112,7 @@ pub(crate) async fn run<S>(
     let (tx, rx) = outbound::queue(node.cfg.outbound_queue.max(8), node.cfg.outbound_bytes);
     let (expiry_tx, expiry_rx) = watch::channel(identity.exp);
     let connection = CancellationToken::new();
+    place.attach(tx.clone(), connection.clone());
     let last_read = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
@@ -198,6 +201,7 @@ pub(crate) async fn run<S>(
             }
             _ = connection.cancelled() => break,
         }
+        place.set_subscriptions(session.subs.len());
     }
     // Let the writer flush what is queued (an error, a close reply) before
     // the socket goes; then stop it if the peer is gone.
