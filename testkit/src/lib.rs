@@ -81,10 +81,18 @@ fn workspace_root() -> PathBuf {
 /// always run the current code.
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    // Test executables live in `<profile>/deps`, the testkit's own binaries
+    // (`switchyard-stack`) in `<profile>` itself.
     let profile_dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
-        .and_then(|deps| deps.parent().map(Path::to_path_buf))
+        .and_then(|dir| {
+            if dir.ends_with("deps") {
+                dir.parent().map(Path::to_path_buf)
+            } else {
+                Some(dir)
+            }
+        })
         .unwrap_or_else(|| workspace_root().join("target/debug"));
     let path = profile_dir.join(name);
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
@@ -809,18 +817,24 @@ pub fn token(sub: &str, products: &[&str], features: &[&str], ttl_secs: i64) -> 
 }
 
 /// A token with arbitrary claims; `exp` is set from `ttl_secs`.
-pub fn token_with(mut claims: Value, ttl_secs: i64) -> String {
+pub fn token_with(claims: Value, ttl_secs: i64) -> String {
+    mint_hs256(claims, ttl_secs, SECRET).expect("encode token")
+}
+
+/// An HS256 token signed with `secret`, with `exp` set `ttl_secs` from now
+/// (negative: already expired). The one JWT minting path of the tests, the
+/// demo and the developers' token tool (`switchyard-demo token`).
+pub fn mint_hs256(mut claims: Value, ttl_secs: i64, secret: &str) -> anyhow::Result<String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     claims["exp"] = json!(now + ttl_secs);
-    jsonwebtoken::encode(
+    Ok(jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &claims,
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("encode token")
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?)
 }
 
 /// A news event in the seed's shape.
