@@ -371,7 +371,7 @@ export class SwitchyardClient {
     const sub = new Subscription<T>(topic, this.host, this.o.dedupWindow);
     sub.attach(handlers);
     this.subs.set(topic, sub as unknown as Subscription<never>);
-    if (this._state === 'connected') void this.sendSubscribe(sub as unknown as Subscription<never>);
+    if (this._state === 'connected') this.sendSubscribe(sub as unknown as Subscription<never>);
     return sub;
   }
 
@@ -574,6 +574,11 @@ export class SwitchyardClient {
     } else {
       this.scheduleUpgrade();
     }
+    // Subscribes go out before anything the application sends once it
+    // hears "connected", so its own publish is seen by its subscription.
+    for (const sub of this.subs.values()) this.sendSubscribe(sub, t);
+    const queued = this.queue.splice(0);
+    for (const req of queued) this.sendPublish(req);
     this.setState('connected');
     this.events.emit('connected', {
       transport: t.kind,
@@ -582,9 +587,6 @@ export class SwitchyardClient {
       ...(info.user ? { user: info.user } : {}),
     });
     this.scheduleRefresh();
-    for (const sub of this.subs.values()) void this.sendSubscribe(sub);
-    const queued = this.queue.splice(0);
-    for (const req of queued) this.sendPublish(req);
   }
 
   /** Drops everything tied to the connection that just ended. */
@@ -807,7 +809,7 @@ export class SwitchyardClient {
       sub.fail(err);
       const delay = Math.max(1000, Math.floor(this.random() * 5000));
       this.clock.setTimeout(() => {
-        if (this.transport === t && this.subs.get(sub.topic) === sub) void this.sendSubscribe(sub);
+        if (this.transport === t && this.subs.get(sub.topic) === sub) this.sendSubscribe(sub, t);
       }, delay);
       return;
     }
@@ -815,20 +817,33 @@ export class SwitchyardClient {
     sub.ended('server', err);
   }
 
-  private async loadCursor(topic: string): Promise<string | undefined> {
+  /** The stored cursor; synchronous for synchronous stores, so frame order follows call order. */
+  private loadCursor(topic: string): string | undefined | Promise<string | undefined> {
+    const valid = (v: unknown) => (typeof v === 'string' && v ? v : undefined);
     try {
-      const v = await this.store.get(cursorKey(this.user ?? '_', topic));
-      return typeof v === 'string' && v ? v : undefined;
+      const v = this.store.get(cursorKey(this.user ?? '_', topic));
+      if (v && typeof (v as Promise<unknown>).then === 'function') {
+        return (v as Promise<unknown>).then(valid, () => undefined);
+      }
+      return valid(v);
     } catch {
       return undefined;
     }
   }
 
-  private async sendSubscribe(sub: Subscription<never>): Promise<void> {
-    const t = this.transport;
-    if (!t || this._state !== 'connected') return;
-    if (!sub.cursorLoaded) sub.restoreCursor(await this.loadCursor(sub.topic));
-    if (t !== this.transport || this.subs.get(sub.topic) !== sub || sub.state === 'unsubscribed') return;
+  private sendSubscribe(sub: Subscription<never>, t: Transport | undefined = this.transport): void {
+    if (!t || t !== this.transport || this.subs.get(sub.topic) !== sub || sub.state === 'unsubscribed') return;
+    if (!sub.cursorLoaded) {
+      const stored = this.loadCursor(sub.topic);
+      if (typeof stored === 'object' && stored !== null) {
+        void Promise.resolve(stored).then((c) => {
+          sub.restoreCursor(c);
+          this.sendSubscribe(sub, t);
+        });
+        return;
+      }
+      sub.restoreCursor(stored);
+    }
     if (sub.pendingId !== undefined && this.pending.has(sub.pendingId)) return;
     const id = this.nextId++;
     const cursor = sub.cursor;
@@ -855,7 +870,7 @@ export class SwitchyardClient {
   private sendPublish(req: PublishRequest): void {
     if (req.done) return;
     const t = this.transport;
-    if (!t || this._state !== 'connected') {
+    if (!t) {
       this.queue.push(req);
       return;
     }

@@ -9,7 +9,8 @@
 //! ```text
 //! {"cmd":"produce","events":[{..Kafka JSON envelope..}]}  -> {"ok":true}
 //! {"cmd":"wait_stored","count":12}                          -> {"ok":true,"stored":12}
-//! {"cmd":"term","gateway":0}    SIGTERM (drain), wait for exit
+//! {"cmd":"term","gateway":0}    SIGTERM (drain); returns at once
+//! {"cmd":"wait_exit","gateway":0}  -> {"ok":true,"exit":0}
 //! {"cmd":"kill","gateway":0}    SIGKILL
 //! {"cmd":"start_gateway"}       -> {"ok":true,"gateway":{..}}
 //! ```
@@ -147,9 +148,14 @@ async fn run(stack: &mut Stack, cmd: &Value) -> anyhow::Result<Value> {
             }
         }
         "term" => {
+            // Returns at once: the node drains while the test goes on.
+            let i = gateway()?;
+            stack.gateways[i].proc.term();
+            Ok(json!({}))
+        }
+        "wait_exit" => {
             let i = gateway()?;
             let node = &mut stack.gateways[i];
-            node.proc.term();
             let code = node.proc.wait_exit(Duration::from_secs(30));
             Ok(json!({"exit": code}))
         }
