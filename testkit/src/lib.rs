@@ -102,6 +102,11 @@ pub fn binary(name: &str) -> PathBuf {
         let mut cmd = Command::new(cargo);
         cmd.current_dir(workspace_root())
             .args(["build", "--quiet", "-p", &package, "--bin", name]);
+        // Build where the running executable came from, whatever
+        // CARGO_TARGET_DIR the caller's environment has (or lacks).
+        if let Some(target_dir) = profile_dir.parent() {
+            cmd.arg("--target-dir").arg(target_dir);
+        }
         if profile_dir.ends_with("release") {
             cmd.arg("--release");
         }
