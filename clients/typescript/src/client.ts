@@ -166,6 +166,8 @@ interface PublishRequest {
 
 /** Refusals retried with a fresh token before the client gives up. */
 const AUTH_RETRIES = 2;
+/** A connection open this long resets the backoff and the refusal count. */
+const STABLE_MS = 5_000;
 /** A token with less life than this is replaced before connecting. */
 const MIN_TOKEN_LIFE_MS = 5_000;
 
@@ -563,7 +565,6 @@ export class SwitchyardClient {
 
   private opened(t: Transport, info: OpenInfo): void {
     this.openedAt = this.clock.now();
-    this.backoff.reset();
     this.connectedOnce = true;
     if (info.user) this._user = info.user;
     this._connectionId = info.connectionId;
@@ -632,6 +633,13 @@ export class SwitchyardClient {
     const gen = this.generation;
     let code = info.code;
     let reason = info.reason;
+    if (info.wasOpen && openFor >= STABLE_MS) {
+      // A connection that lasted counts as a success; one dropped right
+      // after it opened counts as another failed attempt, so a node that
+      // accepts and drops at once does not get a tight reconnect loop.
+      this.backoff.reset();
+      this.authRefusals = 0;
+    }
     if (code === CloseCode.Forbidden) {
       return this.fail(new SwitchyardError('forbidden', reason || 'the gateway refused this client', { status: 403 }));
     }
@@ -661,8 +669,7 @@ export class SwitchyardClient {
       }
     }
     if (code === CloseCode.TokenExpired || code === CloseCode.Unauthorized) {
-      // A long-lived connection whose token ran out starts counting afresh.
-      this.authRefusals = code === CloseCode.TokenExpired && openFor > 10_000 ? 1 : this.authRefusals + 1;
+      this.authRefusals += 1;
       if (!this.getToken || this.authRefusals > AUTH_RETRIES) {
         return this.fail(
           new SwitchyardError('unauthorized', reason || 'the gateway refused the token', {

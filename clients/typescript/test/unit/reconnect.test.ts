@@ -55,11 +55,20 @@ test('a lost connection is retried with growing, jittered delays, and each subsc
   assert.equal(ws.lastOfType('subscribe').cursor, 'c2');
   confirm(ws, 'News', true);
   assert.deepEqual(states, ['subscribed', 'recovering', 'subscribed']);
-  // After a success the delays start small again.
+  // A connection dropped right after it opened is one more failure…
   ws.serverClose(1006);
   await flush();
-  await h.clock.advance(500);
+  await h.clock.advance(3999);
+  assert.equal(created(), 4);
+  await h.clock.advance(1);
   assert.equal(created(), 5);
+  // …while one that lasted resets the delays.
+  FakeWebSocket.last().accept();
+  await h.clock.advance(5000);
+  FakeWebSocket.last().serverClose(1006);
+  await flush();
+  await h.clock.advance(500);
+  assert.equal(created(), 6);
 });
 
 test('reconnect.after_ms from a draining node wins over the backoff', async () => {
@@ -77,7 +86,7 @@ test('reconnect.after_ms from a draining node wins over the backoff', async () =
   assert.deepEqual(hints, [true]);
   // The hint is for that close only.
   FakeWebSocket.last().accept();
-  await flush();
+  await h.clock.advance(5000);
   FakeWebSocket.last().serverClose(1006);
   await flush();
   await h.clock.advance(50);
