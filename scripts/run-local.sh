@@ -3,8 +3,11 @@
 # PostgreSQL, Redis, a tansu Kafka broker (127.0.0.1:9092), the bridge
 # (admin :9090) and two gateways (clients :8080 and :8081, admin :9091 and
 # :9093), then runs a demo client that produces to Kafka and prints what it
-# receives over WebSocket. Stop with Ctrl-C; logs are in .local/logs/.
-# Set KEEP_RUNNING=0 to stop after the demo.
+# receives over WebSocket. While the system runs it also serves the live
+# demo page (http://127.0.0.1:8090/, built from clients/typescript/demo with
+# the TypeScript SDK; needs Node) and produces a demo event every two
+# seconds. Stop with Ctrl-C; logs are in .local/logs/.
+# Set KEEP_RUNNING=0 to stop after the command-line demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -12,6 +15,7 @@ source scripts/services.sh
 log "building (release)"
 cargo build --release -q -p switchyard-bridge -p switchyard-gateway -p switchyard-testkit --bins
 
+bin=${CARGO_TARGET_DIR:-target}/release
 mkdir -p .local/logs
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -37,11 +41,11 @@ tansu topic create --broker tcp://127.0.0.1:9092 --partitions 3 switchyard.event
 tansu topic create --broker tcp://127.0.0.1:9092 --partitions 1 switchyard.events.dlq >/dev/null 2>&1 || true
 
 log "starting bridge and two gateways"
-SWITCHYARD_ADMIN_LISTEN=127.0.0.1:9090 target/release/switchyard-bridge > .local/logs/bridge.log 2>&1 &
+SWITCHYARD_ADMIN_LISTEN=127.0.0.1:9090 $bin/switchyard-bridge > .local/logs/bridge.log 2>&1 &
 pids+=($!)
-SWITCHYARD_LISTEN=127.0.0.1:8080 SWITCHYARD_ADMIN_LISTEN=127.0.0.1:9091 target/release/switchyard-gateway > .local/logs/gateway-1.log 2>&1 &
+SWITCHYARD_LISTEN=127.0.0.1:8080 SWITCHYARD_ADMIN_LISTEN=127.0.0.1:9091 $bin/switchyard-gateway > .local/logs/gateway-1.log 2>&1 &
 pids+=($!)
-SWITCHYARD_LISTEN=127.0.0.1:8081 SWITCHYARD_ADMIN_LISTEN=127.0.0.1:9093 target/release/switchyard-gateway > .local/logs/gateway-2.log 2>&1 &
+SWITCHYARD_LISTEN=127.0.0.1:8081 SWITCHYARD_ADMIN_LISTEN=127.0.0.1:9093 $bin/switchyard-gateway > .local/logs/gateway-2.log 2>&1 &
 pids+=($!)
 for port in 9090 9091 9093; do
   for _ in $(seq 1 100); do
@@ -53,9 +57,28 @@ done
 
 log "demo: produce to Kafka, receive on gateway 2 over WebSocket"
 DEMO_GATEWAY=ws://127.0.0.1:8081/v1/ws DEMO_KAFKA=127.0.0.1:9092 DEMO_TOPIC=switchyard.events \
-  target/release/switchyard-demo
+  $bin/switchyard-demo
 
 if [ "${KEEP_RUNNING:-1}" = 1 ]; then
+  if command -v npm >/dev/null 2>&1; then
+    log "building the TypeScript SDK for the live demo page"
+    (cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error && npx tsc -p tsconfig.json)
+    # The dev-only demo server mints tokens with the token tool; the secret
+    # stays in its environment and never reaches the page.
+    DEMO_PORT=${DEMO_PORT:-8090} DEMO_GATEWAYS=http://127.0.0.1:8080,http://127.0.0.1:8081 \
+      DEMO_TOKEN_BIN=$bin/switchyard-demo node clients/typescript/demo/server.mjs > .local/logs/demo-web.log 2>&1 &
+    pids+=($!)
+    for _ in $(seq 1 50); do grep -q '^demo: ' .local/logs/demo-web.log 2>/dev/null && break; sleep 0.1; done
+    demo_url=$(sed -n 's/^demo: //p' .local/logs/demo-web.log | head -1)
+  else
+    echo "npm not found: the live demo page is skipped (install Node.js >= 18 for it)"
+  fi
+  $bin/switchyard-demo produce --every-ms "${DEMO_EVERY_MS:-2000}" > .local/logs/demo-producer.log 2>&1 &
+  pids+=($!)
   log "system running: ws://127.0.0.1:8080/v1/ws and ws://127.0.0.1:8081/v1/ws (Ctrl-C stops)"
+  if [ -n "${demo_url:-}" ]; then
+    echo "live demo: ${demo_url}  (pick a user; a News event is produced every ${DEMO_EVERY_MS:-2000} ms)"
+  fi
+  echo "mint a token (with the gateways' SWITCHYARD_JWT_HS256_SECRET exported): $bin/switchyard-demo token --sub alice --products CHLT,Sfc --ttl 3600"
   wait
 fi

@@ -48,7 +48,7 @@ pub use probe::{
 pub use process::{binary, scratch_dir, Proc};
 pub use redis::{redis_base, RedisServer};
 pub use stack::{default_stack, require_servers, seed_topology, GatewayNode, Stack, StackOptions};
-pub use token::{token, token_with, SECRET};
+pub use token::{mint_hs256, token, token_with, SECRET};
 
 /// `<prefix>_<12 random hex digits>`: the fresh names that keep tests apart.
 pub(crate) fn unique(prefix: &str) -> String {

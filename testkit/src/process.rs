@@ -31,10 +31,18 @@ fn workspace_root() -> PathBuf {
 /// always run the current code.
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    // Test executables live in `<profile>/deps`, the testkit's own binaries
+    // (`switchyard-stack`) in `<profile>` itself.
     let profile_dir = std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
-        .and_then(|deps| deps.parent().map(Path::to_path_buf))
+        .and_then(|dir| {
+            if dir.ends_with("deps") {
+                dir.parent().map(Path::to_path_buf)
+            } else {
+                Some(dir)
+            }
+        })
         .unwrap_or_else(|| workspace_root().join("target/debug"));
     let path = profile_dir.join(name);
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
@@ -44,6 +52,11 @@ pub fn binary(name: &str) -> PathBuf {
         let mut cmd = Command::new(cargo);
         cmd.current_dir(workspace_root())
             .args(["build", "--quiet", "-p", &package, "--bin", name]);
+        // Build where the running executable came from, whatever
+        // CARGO_TARGET_DIR the caller's environment has (or lacks).
+        if let Some(target_dir) = profile_dir.parent() {
+            cmd.arg("--target-dir").arg(target_dir);
+        }
         if profile_dir.ends_with("release") {
             cmd.arg("--release");
         }
