@@ -9,6 +9,7 @@
 //! - [`publisher`]: [`Publisher`], one pipelined publish per batch.
 //! - [`subscriber`]: [`subscribe`], the reconnecting pattern subscription
 //!   that hands events to a [`LiveSink`].
+//! - [`metrics`]: the feed's metrics, as catalog parts for the binaries.
 //!
 //! The invariant a maintainer must not break: the feed is an accelerator,
 //! never the truth. A publish that fails is counted, not retried into a
@@ -16,7 +17,7 @@
 //! PostgreSQL only once its subscription is active, so nothing published
 //! while it was away is lost between the two.
 
-mod metrics;
+pub mod metrics;
 pub mod naming;
 pub mod publisher;
 pub mod subscriber;
