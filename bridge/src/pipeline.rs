@@ -14,6 +14,7 @@
 use crate::config::BridgeConfig;
 use crate::envelope::{self, DomainEvent, Rejection};
 use crate::metrics as m;
+use crate::statistics::ConsumerHealth;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -33,11 +34,18 @@ use switchyard_livefeed::Publisher;
 use tokio_util::sync::CancellationToken;
 
 /// The consumer context: commits stored offsets synchronously when
-/// partitions are revoked, and reports commit failures.
+/// partitions are revoked, reports commit failures, and hands librdkafka's
+/// statistics to [`ConsumerHealth`] (metrics and readiness).
 #[derive(Debug, Default)]
-pub struct BridgeContext;
+pub struct BridgeContext {
+    pub kafka: Arc<ConsumerHealth>,
+}
 
-impl ClientContext for BridgeContext {}
+impl ClientContext for BridgeContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.kafka.record_json(statistics);
+    }
+}
 
 impl ConsumerContext for BridgeContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -248,9 +256,12 @@ impl Pipeline {
                 header_ct.as_deref(),
                 self.cfg.max_event_bytes,
             ) {
-                Err(r) => rejected.push((i, r)),
+                Err(r) => {
+                    m::consumed(&topology, None);
+                    rejected.push((i, r));
+                }
                 Ok(ev) => {
-                    metrics::counter!(m::CONSUMED, "topic" => ev.topic.clone()).increment(1);
+                    m::consumed(&topology, Some(&ev.topic));
                     if !topology.has_topic(&ev.topic) {
                         rejected.push((
                             i,
@@ -375,6 +386,7 @@ impl Pipeline {
                 self.send_dlq(batch, &rejected)
             })
             .await?;
+            m::dlq_written(rejected.iter().map(|(_, why)| why.reason));
         }
 
         let commit_at = chrono::Utc::now().timestamp_millis();
@@ -413,7 +425,7 @@ impl Pipeline {
         mut op: F,
     ) -> Result<T, Cancelled>
     where
-        E: std::fmt::Display,
+        E: std::fmt::Display + m::DependencyError,
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
@@ -429,7 +441,7 @@ impl Pipeline {
                     return Ok(v);
                 }
                 Err(e) => {
-                    metrics::counter!(m::PG_ERRORS).increment(1);
+                    metrics::counter!(E::ERRORS).increment(1);
                     if !paused {
                         self.set_paused(true);
                         paused = true;
@@ -476,7 +488,6 @@ impl Pipeline {
     ) -> Result<(), rdkafka::error::KafkaError> {
         let sends = rejected.iter().map(|(i, why)| {
             let msg = &batch[*i];
-            metrics::counter!(m::DLQ, "reason" => why.reason).increment(1);
             tracing::warn!(
                 reason = why.reason,
                 detail = %why.detail,
@@ -579,7 +590,7 @@ type AppendFuture<'a> = std::pin::Pin<
 /// poisoned, for the DLQ) and appends the rest in order.
 fn append_resilient<'a>(log: &'a CursorLog, events: &'a [NewEvent]) -> AppendFuture<'a> {
     Box::pin(async move {
-        match log.append_batch(events).await {
+        match m::timed(m::APPEND_SECONDS, log.append_batch(events)).await {
             Ok(o) => Ok((o, Vec::new())),
             Err(e) if e.is_transient() => Err(e),
             Err(e) if events.len() == 1 => {
