@@ -393,6 +393,49 @@ impl Catalog {
         out
     }
 
+    /// What is wrong with a rendered `/metrics` page against the catalog:
+    /// `switchyard_*` series the catalog does not declare, series with a
+    /// label value outside the label's fixed values, and exported metrics
+    /// without HELP. (The exporter writes HELP only for metrics that have a
+    /// series: one whose run-time label set is not known yet has neither.)
+    pub fn check_exposition(&self, text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut exported = HashSet::new();
+        for line in text.lines().filter(|l| l.starts_with("switchyard_")) {
+            let series = line.rsplit_once(' ').map_or(line, |(s, _)| s);
+            let (name, labels) = match series.split_once('{') {
+                Some((n, l)) => (n, l.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let metric = self.get(name).or_else(|| {
+                ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+                    self.get(name.strip_suffix(suffix)?)
+                        .filter(|m| m.kind == Kind::Histogram)
+                })
+            });
+            let Some(metric) = metric else {
+                out.push(format!("{name} is not in the {} catalog", self.binary));
+                continue;
+            };
+            exported.insert(metric.name);
+            for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+                let Some((label, value)) = pair.split_once("=\"") else {
+                    continue;
+                };
+                let value = value.trim_end_matches('"');
+                if label != "le" && !self.allows(metric.name, label, value) {
+                    out.push(format!("{series}: {label}=\"{value}\" is not declared"));
+                }
+            }
+        }
+        for m in self.metrics.iter().filter(|m| exported.contains(m.name)) {
+            if !text.contains(&format!("# HELP {} ", m.name)) {
+                out.push(format!("{} is not described (no HELP)", m.name));
+            }
+        }
+        out
+    }
+
     /// Whether `value` is a declared fixed value of label `label` of `metric`.
     pub fn allows(&self, metric: &str, label: &str, value: &str) -> bool {
         self.get(metric)
@@ -577,6 +620,19 @@ mod tests {
         );
         // Unknown runtime set: described, no series yet.
         assert!(!text.contains("switchyard_test_lag{"), "{text}");
+        let c = catalog();
+        assert_eq!(c.check_exposition(&text), Vec::<String>::new());
+        let extra = format!(
+            "{text}switchyard_test_errors_total{{kind=\"c\"}} 1\nswitchyard_other_total 1\n"
+        );
+        let p = c.check_exposition(&extra).join("\n");
+        assert!(p.contains("kind=\"c\" is not declared"), "{p}");
+        assert!(p.contains("switchyard_other_total is not in"), "{p}");
+        let undescribed = "switchyard_test_seconds_count 0\n";
+        assert_eq!(
+            c.check_exposition(undescribed),
+            ["switchyard_test_seconds is not described (no HELP)"]
+        );
     }
 
     #[test]
