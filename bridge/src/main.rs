@@ -1,5 +1,6 @@
 //! `switchyard-bridge` entry point: parse configuration, start telemetry, run
-//! until SIGTERM/SIGINT, drain with a timeout.
+//! until SIGTERM/SIGINT, drain with a timeout. `--print-metrics` prints the
+//! metric catalog (its section of `deploy/metrics.txt`) and exits.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -10,6 +11,10 @@ const EX_USAGE: u8 = 64;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("--print-metrics") {
+        print!("{}", switchyard_bridge::metrics::catalog().render());
+        return ExitCode::SUCCESS;
+    }
     let _telemetry = switchyard_ops::telemetry::init_tracing("switchyard-bridge");
     let cfg = match switchyard_ops::config::Source::from_env()
         .and_then(|s| BridgeConfig::from_source(&s))

@@ -19,6 +19,7 @@ use crate::dlq;
 use crate::envelope::{self, DomainEvent, Rejection};
 use crate::metrics as m;
 use crate::pause::{Carry, PauseControl, Stage};
+use crate::statistics::ConsumerHealth;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -42,19 +43,25 @@ const CARRY_MAX_BYTES: usize = 32 << 20;
 
 /// The consumer context: commits stored offsets synchronously when
 /// partitions are revoked, applies the pause state to assigned partitions,
-/// and reports commit failures.
+/// reports commit failures, and hands librdkafka's statistics to
+/// [`ConsumerHealth`] (metrics and readiness).
 #[derive(Debug)]
 pub struct BridgeContext {
     pause: Arc<PauseControl>,
+    kafka: Arc<ConsumerHealth>,
 }
 
 impl BridgeContext {
-    pub fn new(pause: Arc<PauseControl>) -> Self {
-        BridgeContext { pause }
+    pub fn new(pause: Arc<PauseControl>, kafka: Arc<ConsumerHealth>) -> Self {
+        BridgeContext { pause, kafka }
     }
 }
 
-impl ClientContext for BridgeContext {}
+impl ClientContext for BridgeContext {
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.kafka.record_json(statistics);
+    }
+}
 
 impl ConsumerContext for BridgeContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -307,9 +314,12 @@ impl Pipeline {
                 header_ct.as_deref(),
                 self.cfg.max_event_bytes,
             ) {
-                Err(r) => rejected.push((i, r)),
+                Err(r) => {
+                    m::consumed(&topology, None);
+                    rejected.push((i, r));
+                }
                 Ok(ev) => {
-                    metrics::counter!(m::CONSUMED, "topic" => ev.topic.clone()).increment(1);
+                    m::consumed(&topology, Some(&ev.topic));
                     if !topology.has_topic(&ev.topic) {
                         rejected.push((
                             i,
@@ -469,7 +479,6 @@ impl Pipeline {
         if !rejected.is_empty() {
             for (i, why) in &rejected {
                 let msg = &batch[*i];
-                metrics::counter!(m::DLQ, "reason" => why.reason).increment(1);
                 tracing::warn!(
                     reason = why.reason,
                     detail = %why.detail,
@@ -488,6 +497,7 @@ impl Pipeline {
                 || self.send_dlq(batch, &rejected),
             )
             .await?;
+            m::dlq_written(rejected.iter().map(|(_, why)| why.reason));
         }
 
         let commit_at = chrono::Utc::now().timestamp_millis();
@@ -662,7 +672,7 @@ type AppendFuture<'a> = std::pin::Pin<
 /// or a missing privilege must never send events to the DLQ.
 fn append_resilient<'a>(log: &'a CursorLog, events: &'a [NewEvent]) -> AppendFuture<'a> {
     Box::pin(async move {
-        match log.append_batch(events).await {
+        match m::timed(m::APPEND_SECONDS, log.append_batch(events)).await {
             Ok(o) => Ok((o, Vec::new())),
             Err(e) if !e.rejects_data() => Err(e),
             Err(e) if events.len() == 1 => {

@@ -37,6 +37,6 @@ pub mod resolve;
 pub mod topology;
 
 pub use lookback::LookBack;
-pub use reload::{TopologyHandle, RELOADS};
+pub use reload::{TopologyHandle, RELOADS, RELOADS_HELP, RELOAD_RESULTS};
 pub use resolve::{Entitlements, Purpose, ResolvedChannel, Scope, FEATURE_NAMES, PRODUCT_CODES};
 pub use topology::{Issue, Topology, TopologyError, PLACEHOLDER, WILDCARD};

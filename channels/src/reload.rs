@@ -17,8 +17,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// Counter of reload attempts, by `result` ("ok" | "error").
+/// Counter of reload attempts, by `result` ([`RELOAD_RESULTS`]).
 pub const RELOADS: &str = "switchyard_topology_reloads_total";
+/// The HELP text of [`RELOADS`] (the binaries' metric catalogs use it).
+pub const RELOADS_HELP: &str = "Topology file reloads, by result: ok (swapped in) or error (refused; the previous topology stays).";
+/// The values of [`RELOADS`]' `result` label.
+pub const RELOAD_RESULTS: [&str; 2] = [RELOAD_OK, RELOAD_ERROR];
+const RELOAD_OK: &str = "ok";
+const RELOAD_ERROR: &str = "error";
 
 const DEBOUNCE: Duration = Duration::from_millis(200);
 const POLL: Duration = Duration::from_secs(10);
@@ -83,7 +89,7 @@ impl TopologyHandle {
             Ok(t) => {
                 let (channels, topics) = (t.channel_count(), t.topics().len());
                 self.replace(t);
-                metrics::counter!(RELOADS, "result" => "ok").increment(1);
+                metrics::counter!(RELOADS, "result" => RELOAD_OK).increment(1);
                 tracing::info!(
                     path = %path.display(),
                     generation = *self.generation.borrow(),
@@ -94,7 +100,7 @@ impl TopologyHandle {
                 Ok(())
             }
             Err(e) => {
-                metrics::counter!(RELOADS, "result" => "error").increment(1);
+                metrics::counter!(RELOADS, "result" => RELOAD_ERROR).increment(1);
                 tracing::error!(
                     path = %path.display(),
                     error = %e,

@@ -13,6 +13,8 @@
 //!   (and until when) and which are reached live only; the bridge and
 //!   client publishes both route through it.
 //! - [`cursor`]: the opaque client cursor (log epoch + per-channel positions).
+//! - [`metrics`]: the connection pool's gauges, as a catalog part both
+//!   binaries add to theirs.
 //!
 //! The invariant everything rests on: a channel's sequence numbers are dense
 //! (1, 2, 3, …) and a sequence is assigned under that channel's row lock
@@ -24,10 +26,11 @@ pub mod config;
 pub mod cursor;
 pub mod event;
 pub mod log;
+pub mod metrics;
 pub mod migrate;
 pub mod route;
 
 pub use cursor::{Cursor, CursorError};
 pub use event::{Entry, LogEvent, NewEvent};
-pub use log::{AppendOutcome, ChannelHead, CursorLog, LogError, PoolOptions, ReadPage};
+pub use log::{AppendOutcome, ChannelHead, CursorLog, LogError, LogStats, PoolOptions, ReadPage};
 pub use route::{Draft, Route};

@@ -27,6 +27,7 @@ const READ_AFTER: &str = include_str!("sql/read_after.sql");
 const HEADS: &str = include_str!("sql/heads.sql");
 const LOOKBACK_START: &str = include_str!("sql/lookback_start.sql");
 const SWEEP: &str = include_str!("sql/sweep.sql");
+const LOG_STATS: &str = include_str!("sql/log_stats.sql");
 
 /// Errors of the cursor log.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +140,15 @@ pub struct ReadPage {
     pub rows: Vec<(i64, i64, Arc<LogEvent>)>,
     /// Whether some channel hit the page limit (read again from the new positions).
     pub more: bool,
+}
+
+/// What [`CursorLog::stats`] reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LogStats {
+    /// Tables, indexes and TOAST of events and entries, in bytes.
+    pub bytes: u64,
+    /// Age of the oldest event still in the log; `None` when it is empty.
+    pub oldest_age: Option<Duration>,
 }
 
 /// The cursor log.
@@ -512,6 +522,25 @@ impl CursorLog {
         let stmt = client.prepare_cached(SWEEP).await?;
         let row = client.query_one(&stmt, &[&limit]).await?;
         Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// The log's size on disk and the age of its oldest event (what the
+    /// retention sweep reports).
+    pub async fn stats(&self) -> Result<LogStats, LogError> {
+        let client = self.pool.get().await?;
+        let stmt = client.prepare_cached(LOG_STATS).await?;
+        let row = client.query_one(&stmt, &[]).await?;
+        Ok(LogStats {
+            bytes: row.get::<_, i64>(0).max(0) as u64,
+            oldest_age: row
+                .get::<_, Option<f64>>(1)
+                .map(|s| Duration::from_secs_f64(s.max(0.0))),
+        })
+    }
+
+    /// The pool's usage right now.
+    pub fn pool_status(&self) -> deadpool_postgres::Status {
+        self.pool.status()
     }
 
     /// The underlying pool (tests and tooling).

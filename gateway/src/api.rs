@@ -156,7 +156,7 @@ async fn route(req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
     } else {
         "error"
     };
-    metrics::counter!(m::API_REQUESTS, "endpoint" => endpoint, "result" => result).increment(1);
+    metrics::counter!(m::API_REQUESTS, "op" => endpoint, "result" => result).increment(1);
     resp
 }
 

@@ -73,10 +73,14 @@ pub async fn run(ctx: Arc<CatchupContext>, golive: GoLiveHandle, job: CatchupJob
             loop {
                 let positions = job.progress.snapshot().await;
                 let page = {
-                    let _permit = tokio::select! {
-                        _ = spec.cancel.cancelled() => return,
-                        p = ctx.read_permits.acquire() => match p { Ok(p) => p, Err(_) => return },
+                    let _permit = {
+                        let _queued = m::InFlight::new(m::CATCHUPS_QUEUED);
+                        tokio::select! {
+                            _ = spec.cancel.cancelled() => return,
+                            p = ctx.read_permits.acquire() => match p { Ok(p) => p, Err(_) => return },
+                        }
                     };
+                    let _running = m::InFlight::new(m::CATCHUPS_RUNNING);
                     ctx.log.read_after(&positions, None, ctx.replay_page).await
                 };
                 let page = match page {

@@ -22,6 +22,7 @@
 //! - [`wakers`]: per-channel wake-ups for long-polls.
 //! - [`http`], [`config`], [`auth`], [`error`], [`protocol`]: request
 //!   helpers, configuration, JWT verification, typed errors, client frames.
+//! - [`metrics`]: the metric catalog (`--print-metrics`).
 //!
 //! The invariant a maintainer must not break: a subscription receives every
 //! entry of each of its channels after its cursor exactly once and in order;
@@ -40,7 +41,7 @@ pub mod fanout;
 pub mod golive;
 pub mod http;
 pub mod livefeed;
-mod metrics;
+pub mod metrics;
 pub mod outbound;
 pub mod poll;
 pub mod protocol;
@@ -191,7 +192,7 @@ pub struct Running {
     /// Client connections (HTTP and WebSocket sessions).
     connections: TaskTracker,
     /// Everything else: shards, ticker, catch-ups, backfills, live feed,
-    /// topology watcher, admin endpoint, readiness.
+    /// topology watcher, admin endpoint, readiness, metrics upkeep.
     tasks: TaskTracker,
 }
 
@@ -208,6 +209,9 @@ pub struct ShutdownReport {
 pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
     let topology = Topology::load(&cfg.topology)
         .with_context(|| format!("SWITCHYARD_TOPOLOGY={}", cfg.topology.display()))?;
+    // Describe and zero every metric before anything can increment one.
+    let metrics = switchyard_ops::telemetry::init_metrics();
+    metrics::register(topology.topics());
     let topology = TopologyHandle::new(topology);
     let auth = auth::Authenticator::from_config(&cfg.auth())
         .await
@@ -308,8 +312,16 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
         },
         background.clone(),
     ));
+    tasks.spawn({
+        let log = log.clone();
+        switchyard_ops::telemetry::run_upkeep(
+            metrics.clone(),
+            switchyard_ops::telemetry::UPKEEP_PERIOD,
+            background.clone(),
+            move || switchyard_cursorlog::metrics::record_pool(&log),
+        )
+    });
 
-    let metrics = switchyard_ops::telemetry::init_metrics();
     let (admin, admin_server) = switchyard_ops::admin::bind(
         cfg.admin_listen,
         metrics,

@@ -1,5 +1,6 @@
 //! `switchyard-gateway` entry point: parse configuration, start telemetry,
-//! serve until SIGTERM/SIGINT, then drain.
+//! serve until SIGTERM/SIGINT, then drain. `--print-metrics` prints the
+//! metric catalog (its section of `deploy/metrics.txt`) and exits.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,6 +16,10 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("--print-metrics") {
+        print!("{}", switchyard_gateway::metrics::catalog().render());
+        return ExitCode::SUCCESS;
+    }
     let _telemetry = switchyard_ops::telemetry::init_tracing("switchyard-gateway");
     let cfg = match switchyard_ops::config::Source::from_env()
         .and_then(|s| GatewayConfig::from_source(&s))

@@ -63,6 +63,10 @@ async fn seed_example_reaches_exactly_the_entitled_users() {
         gw.contains("switchyard_gateway_messages_delivered_total"),
         "{gw}"
     );
+    // Everything a gateway exports is in its catalog (no bridge metric),
+    // with declared label values, and described.
+    let problems = switchyard_gateway::metrics::catalog().check_exposition(&gw);
+    assert!(problems.is_empty(), "{problems:#?}");
     let (_, br) = switchyard_testkit::http_get(s.bridge_admin, "/metrics").unwrap();
     assert!(
         br.contains("switchyard_bridge_events_appended_total{topic=\"News\"} 4"),

@@ -12,6 +12,7 @@
 //! - [`control`]: orders between gateway nodes ([`Control`], e.g. a
 //!   server-side disconnect) on their own channel, and their subscription.
 //! - [`counter`]: fleet-wide counters per time window (quotas).
+//! - [`metrics`]: the feed's metrics, as catalog parts for the binaries.
 //!
 //! The invariant a maintainer must not break: the feed is an accelerator,
 //! never the truth. A publish that fails is counted, not retried into a
@@ -21,7 +22,7 @@
 
 pub mod control;
 pub mod counter;
-mod metrics;
+pub mod metrics;
 pub mod naming;
 pub mod publisher;
 pub mod subscriber;

@@ -75,6 +75,7 @@ pub async fn subscribe(cfg: SubscriberConfig, sink: impl LiveSink, cancel: Cance
         };
         backoff.reset();
         sink.connected(true);
+        metrics::gauge!(m::FEED_UP).set(1.0);
         connections += 1;
         if connections > 1 {
             metrics::counter!(m::REDIS_RECONNECTS).increment(1);
@@ -105,6 +106,7 @@ pub async fn subscribe(cfg: SubscriberConfig, sink: impl LiveSink, cancel: Cance
             }
         }
         sink.connected(false);
+        metrics::gauge!(m::FEED_UP).set(0.0);
         tracing::warn!("redis live feed disconnected; reconnecting");
     }
 }

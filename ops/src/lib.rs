@@ -4,8 +4,11 @@
 //!   environment, optional `KEY=value` file, or a map in tests) and typed
 //!   getters whose errors name the variable.
 //! - [`admin`]: the `/healthz`, `/readyz`, `/metrics` HTTP endpoint.
-//! - [`telemetry`]: tracing (text or JSON logs, optional OTLP export) and the
-//!   Prometheus recorder.
+//! - [`catalog`]: the metric catalog type each binary declares its metrics
+//!   with (HELP, type, bounded labels), registration at zero, and the
+//!   rendering and drift check of `deploy/metrics.txt`.
+//! - [`telemetry`]: tracing (text or JSON logs, optional OTLP export), the
+//!   Prometheus recorder and its upkeep.
 //! - [`backoff`]: the one retry delay policy (exponential, full jitter)
 //!   every retry loop of both binaries uses.
 //! - [`shutdown`]: waiting for SIGTERM / SIGINT.
@@ -15,6 +18,7 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod catalog;
 pub mod config;
 pub mod shutdown;
 pub mod telemetry;

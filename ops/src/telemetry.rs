@@ -2,18 +2,27 @@
 //! (`SWITCHYARD_LOG_FORMAT`), filtered by `RUST_LOG`; spans are exported over
 //! OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Metrics are recorded with
 //! the `metrics` crate into a Prometheus recorder rendered by the admin
-//! endpoint.
+//! endpoint. The recorder is installed without the exporter's own upkeep
+//! task, so each binary runs [`run_upkeep`] (a future it spawns on its own
+//! task set): without it, a process that nobody scrapes would keep every
+//! histogram sample it ever recorded.
 //!
 //! Invariant: initialisation happens once per process; a second call is a
 //! no-op so tests that start several components in one process do not panic.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// How often [`run_upkeep`] drains histogram samples into their buckets and
+/// refreshes sampled gauges.
+pub const UPKEEP_PERIOD: Duration = Duration::from_secs(5);
 
 /// Guard that flushes the OTLP exporter when dropped.
 #[derive(Debug, Default)]
@@ -105,4 +114,68 @@ pub fn init_metrics() -> PrometheusHandle {
             }
         })
         .clone()
+}
+
+/// Runs the recorder's upkeep every `every` until `cancel` fires: histogram
+/// samples are drained into their buckets (memory stays bounded whether or
+/// not anyone scrapes `/metrics`), and `sample` refreshes the gauges that
+/// are read from state rather than updated where things happen (pool
+/// usage). The caller owns the task (spawn it on the binary's task set).
+pub async fn run_upkeep(
+    handle: PrometheusHandle,
+    every: Duration,
+    cancel: CancellationToken,
+    mut sample: impl FnMut() + Send,
+) {
+    loop {
+        sample();
+        handle.run_upkeep();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Sets [`crate::catalog::BUILD_INFO`] to 1 for this build's `version`.
+pub fn record_build_info(version: &'static str) {
+    metrics::gauge!(crate::catalog::BUILD_INFO.name, "version" => version).set(1.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    /// Without upkeep (and without scrapes) samples pile up in the
+    /// histogram's buffer; one upkeep pass moves them into buckets.
+    #[tokio::test]
+    async fn upkeep_drains_histogram_samples_and_stops_on_cancel() {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &[1.0])
+            .unwrap()
+            .build_recorder();
+        let handle = recorder.handle();
+        let h = metrics::with_local_recorder(&recorder, || {
+            metrics::histogram!("switchyard_test_upkeep_seconds")
+        });
+        for _ in 0..1000 {
+            h.record(0.5);
+        }
+        let cancel = CancellationToken::new();
+        let mut samples = 0;
+        let task = run_upkeep(
+            handle.clone(),
+            Duration::from_millis(10),
+            cancel.clone(),
+            || samples += 1,
+        );
+        cancel.cancel();
+        task.await;
+        assert_eq!(samples, 1);
+        // Upkeep already drained the samples: the bucket holds them.
+        assert!(handle
+            .render()
+            .contains("switchyard_test_upkeep_seconds_bucket{le=\"1\"} 1000"));
+    }
 }

@@ -10,6 +10,7 @@
 //! of at least 2048 bits and ES256 (P-256) keys are taken; a symmetric
 //! (`oct`) key is never taken from a JWKS.
 
+use crate::metrics::{JWKS_KEYS, JWKS_REFRESHES};
 use arc_swap::ArcSwap;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -35,11 +36,6 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 pub const EARLY_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
 /// Smallest RSA modulus accepted, in bytes (2048 bits).
 const MIN_RSA_MODULUS_BYTES: usize = 256;
-
-// Metric names. They belong with the others in `crate::metrics`; kept here
-// while that module is being reorganised elsewhere.
-const JWKS_REFRESHES: &str = "switchyard_gateway_jwks_refreshes_total";
-const JWKS_KEYS: &str = "switchyard_gateway_jwks_keys";
 
 /// Where the JWKS comes from (`SWITCHYARD_JWT_JWKS`).
 #[derive(Debug, Clone, PartialEq, Eq)]
