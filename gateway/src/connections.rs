@@ -262,7 +262,7 @@ mod tests {
             let _ = tokio::time::timeout(wait, q.recv_many(&mut got, 4)).await;
             if i < 2 {
                 assert!(
-                    matches!(got.as_slice(), [(Outbound::Close(DISCONNECT_CODE, _), _)]),
+                    matches!(got.as_slice(), [Outbound::Close(DISCONNECT_CODE, _)]),
                     "{got:?}"
                 );
             } else {

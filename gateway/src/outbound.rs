@@ -48,7 +48,7 @@ pub enum QueueError {
 /// The sending side; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct OutboundTx {
-    tx: mpsc::Sender<(Outbound, u32)>,
+    tx: mpsc::Sender<Outbound>,
     budget: Arc<Semaphore>,
     max_cost: u32,
 }
@@ -56,8 +56,9 @@ pub struct OutboundTx {
 /// The writer's side.
 #[derive(Debug)]
 pub struct OutboundRx {
-    rx: mpsc::Receiver<(Outbound, u32)>,
+    rx: mpsc::Receiver<Outbound>,
     budget: Arc<Semaphore>,
+    max_cost: u32,
 }
 
 /// A queue of at most `frames` frames and `bytes` bytes (a frame larger than
@@ -72,15 +73,25 @@ pub fn queue(frames: usize, bytes: usize) -> (OutboundTx, OutboundRx) {
             budget: budget.clone(),
             max_cost,
         },
-        OutboundRx { rx, budget },
+        OutboundRx {
+            rx,
+            budget,
+            max_cost,
+        },
     )
+}
+
+/// The bytes a frame takes from the budget (the channel does not carry it:
+/// its slots sit in every idle connection's first block).
+fn cost(o: &Outbound, max_cost: u32) -> u32 {
+    u32::try_from(o.bytes())
+        .unwrap_or(u32::MAX)
+        .clamp(1, max_cost)
 }
 
 impl OutboundTx {
     fn cost(&self, o: &Outbound) -> u32 {
-        u32::try_from(o.bytes())
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.max_cost)
+        cost(o, self.max_cost)
     }
 
     /// Queues without waiting.
@@ -91,7 +102,7 @@ impl OutboundTx {
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(QueueError::Full),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(QueueError::Closed),
         };
-        match self.tx.try_send((o, cost)) {
+        match self.tx.try_send(o) {
             Ok(()) => {
                 permit.forget();
                 Ok(())
@@ -110,10 +121,7 @@ impl OutboundTx {
             .acquire_many(cost)
             .await
             .map_err(|_| QueueError::Closed)?;
-        self.tx
-            .send((o, cost))
-            .await
-            .map_err(|_| QueueError::Closed)?;
+        self.tx.send(o).await.map_err(|_| QueueError::Closed)?;
         permit.forget();
         Ok(())
     }
@@ -130,12 +138,17 @@ impl OutboundRx {
     /// called after writing.
     pub fn recv_many<'a>(
         &'a mut self,
-        out: &'a mut Vec<(Outbound, u32)>,
+        out: &'a mut Vec<Outbound>,
         limit: usize,
     ) -> impl std::future::Future<Output = usize> + 'a {
         // The channel's own future, not a wrapper: it sits in every idle
         // writer's task.
         self.rx.recv_many(out, limit)
+    }
+
+    /// The bytes `o` took from the budget when it was queued.
+    pub fn cost(&self, o: &Outbound) -> u32 {
+        cost(o, self.max_cost)
     }
 
     /// Gives written frames' bytes back to the budget.
@@ -171,8 +184,8 @@ mod tests {
         tx.try_send(frame(300)).unwrap();
         let mut got = Vec::new();
         assert_eq!(rx.recv_many(&mut got, 10).await, 2);
-        for (_, cost) in got.drain(..) {
-            rx.release(cost);
+        for o in got.drain(..) {
+            rx.release(rx.cost(&o));
         }
         tx.try_send(frame(900)).unwrap();
 
@@ -189,7 +202,7 @@ mod tests {
         assert_eq!(tx.try_send(frame(1)), Err(QueueError::Full));
         let mut got = Vec::new();
         rx.recv_many(&mut got, 10).await;
-        rx.release(got[0].1);
+        rx.release(rx.cost(&got[0]));
         tx.try_send(frame(1)).unwrap();
     }
 

@@ -199,7 +199,6 @@ pub(crate) async fn run<S>(
                 session.reresolve_at = None;
                 Box::pin(session.reresolve()).await;
             }
-            _ = connection.cancelled() => break,
         }
         place.set_subscriptions(session.subs.len());
     }

@@ -94,7 +94,10 @@ where
     // Both buffers are released whenever the queue runs dry: an idle
     // connection holds neither.
     let mut buf: Vec<u8> = Vec::new();
-    let mut batch: Vec<(Outbound, u32)> = Vec::new();
+    let mut batch: Vec<Outbound> = Vec::new();
+    // The writer's own frames (drain, expiry, keepalive): not from the
+    // queue, so they hold no bytes of its budget.
+    let mut own: Vec<Outbound> = Vec::new();
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + cfg.keepalive, cfg.keepalive);
     // The futures are created once, not per wake-up: `drain` is one token
@@ -134,15 +137,15 @@ where
                     // A little jitter on top, for clients that share a node.
                     let after_ms = rand::random::<u64>() % 250;
                     let f = protocol::encode_reply(cfg.protocol, &Reply::Reconnect { after_ms });
-                    batch.push((Outbound::Frame(f), 0));
-                    batch.push((Outbound::Close(1001, "server draining"), 0));
+                    own.push(Outbound::Frame(f));
+                    own.push(Outbound::Close(1001, "server draining"));
                 } else {
                     let f = protocol::encode_reply(
                         cfg.protocol,
                         &Reply::Error { id: None, code: ErrorCode::Unauthorized, message: "token expired" },
                     );
-                    batch.push((Outbound::Frame(f), 0));
-                    batch.push((Outbound::Close(4001, "token expired"), 0));
+                    own.push(Outbound::Frame(f));
+                    own.push(Outbound::Close(4001, "token expired"));
                 }
             }
             r = expiry.changed(), if expiry_open => {
@@ -158,16 +161,22 @@ where
             _ = keepalive.tick() => {
                 let idle = epoch.elapsed().as_secs().saturating_sub(last_read.load(Ordering::Relaxed));
                 if idle > cfg.idle_limit.as_secs() {
-                    batch.push((Outbound::Close(1001, "idle timeout"), 0));
+                    own.push(Outbound::Close(1001, "idle timeout"));
                 } else {
-                    batch.push((Outbound::Control(OpCode::Ping, Vec::new()), 0));
+                    own.push(Outbound::Control(OpCode::Ping, Vec::new()));
                 }
             }
         }
         buf.clear();
         let mut released = 0u32;
-        for (item, cost) in batch.drain(..) {
-            released = released.saturating_add(cost);
+        for (item, from_queue) in batch
+            .drain(..)
+            .map(|o| (o, true))
+            .chain(own.drain(..).map(|o| (o, false)))
+        {
+            if from_queue {
+                released = released.saturating_add(queue.cost(&item));
+            }
             if closing {
                 continue;
             }
@@ -210,6 +219,7 @@ where
         if queue.is_empty() {
             buf = Vec::new();
             batch = Vec::new();
+            own = Vec::new();
         } else if buf.capacity() > 64 * 1024 {
             buf = Vec::new();
         }
