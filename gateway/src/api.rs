@@ -18,10 +18,8 @@ use crate::auth::Identity;
 use crate::error::RequestError;
 use crate::http::{json_error, query_param, Body};
 use crate::metrics as m;
-use crate::protocol::{self, Protocol};
 use crate::publish::SystemEvent;
-use crate::replay::{plan_page, Action};
-use crate::subscription::set_position;
+use crate::replay::read_messages;
 use crate::Node;
 use base64::Engine as _;
 use bytes::Bytes;
@@ -31,7 +29,6 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -457,51 +454,19 @@ async fn history(req: &Request<Incoming>, node: &Node) -> Response<Body> {
     };
     let log = planner.log;
     let mut positions = plan.positions;
-    let mut messages: Vec<Bytes> = Vec::new();
-    let mut more = false;
-    'pages: loop {
-        let page = match log.read_after(&positions, None, node.cfg.replay_page).await {
-            Ok(p) => p,
-            Err(e) => return refuse(RequestError::Log(e), "api history"),
-        };
-        let mut pos: HashMap<i64, i64> = positions.iter().copied().collect();
-        let actions = plan_page(&page.rows, &mut pos);
-        let progressed = !actions.is_empty();
-        for action in actions {
-            let (event, fresh, earlier) = match action {
-                Action::Jump { channel, to } => {
-                    set_position(&mut positions, channel, to);
-                    continue;
-                }
-                Action::Event {
-                    event,
-                    fresh,
-                    earlier,
-                } => (event, fresh, earlier),
-            };
-            if messages.len() >= limit {
-                // The cursor stays before this event: the next page starts here.
-                more = true;
-                break 'pages;
-            }
-            for (ch, seq) in &fresh {
-                set_position(&mut positions, *ch, *seq);
-            }
-            // An event for one user is history only for that user.
-            let for_other_user = event
-                .user_id
-                .as_deref()
-                .is_some_and(|u| Some(u) != user.as_deref());
-            if earlier || for_other_user {
-                continue;
-            }
-            let cursor = planner.cursors.encode(positions.iter().copied());
-            messages.push(protocol::encode_message(Protocol::Json, &event, &cursor));
-        }
-        if !progressed || !page.more {
-            break;
-        }
-    }
+    let (messages, more) = match read_messages(
+        log,
+        planner.cursors,
+        &mut positions,
+        user.as_deref(),
+        node.cfg.replay_page,
+        limit,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return refuse(RequestError::Log(e), "api history"),
+    };
     let cursor = planner.cursors.encode(positions.iter().copied());
     let mut body = Vec::with_capacity(96 + messages.iter().map(|m| m.len() + 1).sum::<usize>());
     body.extend_from_slice(b"{\"messages\":[");

@@ -15,17 +15,14 @@ use crate::auth::Authenticator;
 use crate::error::RequestError;
 use crate::http::{authenticate, json_error, query_param, Body};
 use crate::metrics as m;
-use crate::protocol::{self, Protocol};
-use crate::replay::{plan_page, Action};
+use crate::replay::read_messages;
 use crate::subscribe::Planner;
-use crate::subscription::set_position;
 use crate::wakers::ChannelWakers;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -108,51 +105,22 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: PollContext<'_>) -> Resp
     let watch = ctx.wakers.watch(&plan.channels);
     let mut positions = plan.positions;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
-    let mut messages: Vec<Bytes> = Vec::new();
+    let mut messages: Vec<Bytes>;
     loop {
-        loop {
-            let page = match log.read_after(&positions, None, ctx.replay_page).await {
-                Ok(p) => p,
-                Err(e) => return refuse(RequestError::Log(e)),
-            };
-            let mut pos: HashMap<i64, i64> = positions.iter().copied().collect();
-            let actions = plan_page(&page.rows, &mut pos);
-            let progressed = !actions.is_empty();
-            for action in actions {
-                let (event, fresh, earlier) = match action {
-                    Action::Jump { channel, to } => {
-                        set_position(&mut positions, channel, to);
-                        continue;
-                    }
-                    Action::Event {
-                        event,
-                        fresh,
-                        earlier,
-                    } => (event, fresh, earlier),
-                };
-                for (ch, seq) in &fresh {
-                    set_position(&mut positions, *ch, *seq);
-                }
-                let for_other_user = event
-                    .user_id
-                    .as_deref()
-                    .is_some_and(|u| u != &*identity.user);
-                if earlier || for_other_user {
-                    continue;
-                }
-                let cursor = switchyard_cursorlog::cursor::encode_parts(
-                    log.epoch(),
-                    positions.iter().copied(),
-                );
-                messages.push(protocol::encode_message(Protocol::Json, &event, &cursor));
-                if messages.len() >= MAX_MESSAGES {
-                    break;
-                }
-            }
-            if !progressed || !page.more || messages.len() >= MAX_MESSAGES {
-                break;
-            }
-        }
+        let user = Some(&*identity.user);
+        messages = match read_messages(
+            log,
+            ctx.planner.cursors,
+            &mut positions,
+            user,
+            ctx.replay_page,
+            MAX_MESSAGES,
+        )
+        .await
+        {
+            Ok((m, _)) => m,
+            Err(e) => return refuse(RequestError::Log(e)),
+        };
         if !messages.is_empty() || tokio::time::Instant::now() >= deadline {
             break;
         }

@@ -13,9 +13,13 @@
 //! over entries retention already deleted), so no entry is skipped and none
 //! is handled twice.
 
+use crate::protocol::{self, Protocol};
+use crate::subscription::set_position;
+use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use switchyard_cursorlog::LogEvent;
+use switchyard_cursorlog::cursor::CursorCodec;
+use switchyard_cursorlog::{CursorLog, LogError, LogEvent};
 
 /// What to do, in order.
 #[derive(Debug, Clone)]
@@ -99,6 +103,58 @@ pub(crate) fn plan_page(
         });
     }
     actions
+}
+
+/// Reads the log after `positions` for a stateless reader (long-poll,
+/// server API history): the messages `user` may see, encoded in JSON with
+/// their cursors, at most `max` of them. `positions` advance past what was
+/// returned (and what was skipped); the flag says more is waiting.
+pub(crate) async fn read_messages(
+    log: &CursorLog,
+    cursors: &CursorCodec,
+    positions: &mut [(i64, i64)],
+    user: Option<&str>,
+    page_rows: i64,
+    max: usize,
+) -> Result<(Vec<Bytes>, bool), LogError> {
+    let mut messages: Vec<Bytes> = Vec::new();
+    loop {
+        let page = log.read_after(positions, None, page_rows).await?;
+        let mut pos: HashMap<i64, i64> = positions.iter().copied().collect();
+        let actions = plan_page(&page.rows, &mut pos);
+        let progressed = !actions.is_empty();
+        for action in actions {
+            let (event, fresh, earlier) = match action {
+                Action::Jump { channel, to } => {
+                    set_position(positions, channel, to);
+                    continue;
+                }
+                Action::Event {
+                    event,
+                    fresh,
+                    earlier,
+                } => (event, fresh, earlier),
+            };
+            if messages.len() >= max {
+                // The positions stay before this event: the next read
+                // starts here.
+                return Ok((messages, true));
+            }
+            for (ch, seq) in &fresh {
+                set_position(positions, *ch, *seq);
+            }
+            // An event for one user is for that user only.
+            let for_other_user = event.user_id.as_deref().is_some_and(|u| Some(u) != user);
+            if earlier || for_other_user {
+                continue;
+            }
+            let cursor = cursors.encode(positions.iter().copied());
+            messages.push(protocol::encode_message(Protocol::Json, &event, &cursor));
+        }
+        if !progressed || !page.more {
+            return Ok((messages, false));
+        }
+    }
 }
 
 #[cfg(test)]
