@@ -16,7 +16,7 @@
 
 use crate::auth::Identity;
 use crate::error::RequestError;
-use crate::http::{json_error, query_param, Body};
+use crate::http::{accept_bounded, json_error, messages_response, query_param, Body};
 use crate::metrics as m;
 use crate::publish::SystemEvent;
 use crate::replay::read_messages;
@@ -63,22 +63,9 @@ pub(crate) async fn serve(
     tracker: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_API_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => return,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "api accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((permit, stream, peer)) =
+        accept_bounded(&listener, &slots, &stop, "server API").await
+    {
         let node = node.clone();
         let stop = stop.clone();
         tracker.spawn(async move {
@@ -468,25 +455,7 @@ async fn history(req: &Request<Incoming>, node: &Node) -> Response<Body> {
         Err(e) => return refuse(RequestError::Log(e), "api history"),
     };
     let cursor = planner.cursors.encode(positions.iter().copied());
-    let mut body = Vec::with_capacity(96 + messages.iter().map(|m| m.len() + 1).sum::<usize>());
-    body.extend_from_slice(b"{\"messages\":[");
-    for (i, m) in messages.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(m);
-    }
-    body.extend_from_slice(b"],\"cursor\":\"");
-    body.extend_from_slice(cursor.as_bytes());
-    body.extend_from_slice(b"\",\"recovered\":");
-    body.extend_from_slice(if plan.recovered { b"true" } else { b"false" });
-    body.extend_from_slice(b",\"more\":");
-    body.extend_from_slice(if more { b"true" } else { b"false" });
-    body.push(b'}');
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
+    messages_response(&messages, &cursor, plan.recovered, Some(more))
 }
 
 fn info(node: &Node) -> Response<Body> {

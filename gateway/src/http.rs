@@ -12,6 +12,11 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 pub(crate) type Body = Full<Bytes>;
 
@@ -120,6 +125,73 @@ pub(crate) fn preflight<B>(allowed: &[String], req: &Request<B>) -> Response<Bod
     *r.status_mut() = StatusCode::NO_CONTENT;
     cors(allowed, req.headers().get("origin"), &mut r);
     r
+}
+
+/// A `{"messages": [...], "cursor": ..., "recovered": ...}` response (and
+/// `"more"` when given) from messages already encoded as JSON: what a
+/// long-poll and the server API's history answer.
+pub(crate) fn messages_response(
+    messages: &[Bytes],
+    cursor: &str,
+    recovered: bool,
+    more: Option<bool>,
+) -> Response<Body> {
+    let flag = |b: bool| -> &'static [u8] {
+        if b {
+            b"true"
+        } else {
+            b"false"
+        }
+    };
+    let mut body = Vec::with_capacity(96 + messages.iter().map(|m| m.len() + 1).sum::<usize>());
+    body.extend_from_slice(b"{\"messages\":[");
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(m);
+    }
+    body.extend_from_slice(b"],\"cursor\":\"");
+    body.extend_from_slice(cursor.as_bytes());
+    body.extend_from_slice(b"\",\"recovered\":");
+    body.extend_from_slice(flag(recovered));
+    if let Some(more) = more {
+        body.extend_from_slice(b",\"more\":");
+        body.extend_from_slice(flag(more));
+    }
+    body.push(b'}');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// Takes a connection slot, then accepts one connection: past the slots,
+/// new connections wait in the kernel's backlog instead of the process.
+/// `None` once `stop` fires. `what` names the listener in logs.
+pub(crate) async fn accept_bounded(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    stop: &CancellationToken,
+    what: &'static str,
+) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => return None,
+            p = slots.clone().acquire_owned() => p.ok()?,
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => return Some((permit, stream, peer)),
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, listener = what, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,15 +13,13 @@
 
 use crate::auth::Authenticator;
 use crate::error::RequestError;
-use crate::http::{authenticate, json_error, query_param, Body};
+use crate::http::{authenticate, json_error, messages_response, query_param, Body};
 use crate::metrics as m;
 use crate::replay::read_messages;
 use crate::subscribe::Planner;
 use crate::wakers::ChannelWakers;
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,23 +133,7 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: PollContext<'_>) -> Resp
     }
     drop(watch);
     let cursor = ctx.planner.cursors.encode(positions.iter().copied());
-    let mut body = Vec::with_capacity(64 + messages.iter().map(|m| m.len() + 1).sum::<usize>());
-    body.extend_from_slice(b"{\"messages\":[");
-    for (i, m) in messages.iter().enumerate() {
-        if i > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(m);
-    }
-    body.extend_from_slice(b"],\"cursor\":\"");
-    body.extend_from_slice(cursor.as_bytes());
-    body.extend_from_slice(b"\",\"recovered\":");
-    body.extend_from_slice(if plan.recovered { b"true" } else { b"false" });
-    body.push(b'}');
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r
+    messages_response(&messages, &cursor, plan.recovered, None)
 }
 
 fn now_secs() -> u64 {

@@ -11,7 +11,9 @@
 //!   holds new connections instead of the process.
 //! - A client has `header_timeout` to send its request headers.
 
-use crate::http::{authenticate, cors, json_error, origin_allowed, preflight, Body};
+use crate::http::{
+    accept_bounded, authenticate, cors, json_error, origin_allowed, preflight, Body,
+};
 use crate::metrics as m;
 use crate::poll::PollContext;
 use crate::protocol::{Protocol, SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO};
@@ -24,7 +26,6 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -40,23 +41,9 @@ pub(crate) async fn serve(
     tracker: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(node.cfg.max_connections.max(1)));
-    loop {
-        let permit = tokio::select! {
-            _ = stop.cancelled() => return,
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-        };
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((permit, stream, peer)) =
+        accept_bounded(&listener, &slots, &stop, "client").await
+    {
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new()
             .with_time(node.cfg.tcp_keepalive)
