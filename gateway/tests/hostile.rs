@@ -386,3 +386,30 @@ async fn forged_live_messages_neither_reach_clients_nor_suppress_real_ones() {
     c.expect_silence(Duration::from_millis(800)).await.unwrap();
     assert!(metric(&s, "switchyard_gateway_live_unauthenticated_total") >= 1.0);
 }
+
+/// Past `SWITCHYARD_MAX_POLLS` waiting long-polls, the next one is refused
+/// at once (503 `rate_limited`) instead of queueing on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_past_the_node_cap_are_refused() {
+    let s = stack(&[("SWITCHYARD_MAX_POLLS", "1")]).await;
+    let tok = token("p", &["Sfc"], &[], 600);
+    let addr = s.gateway(0).listen;
+    let path = format!("/v1/poll?topic=News&timeout_ms=4000&access_token={tok}");
+    let first = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || http_get(addr, &path).unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, body) = http_get(addr, &path).unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("rate_limited"), "{body}");
+    let (code, _) = first.await.unwrap();
+    assert_eq!(code, 200);
+    // The slot is free again.
+    let (code, _) = http_get(
+        addr,
+        &format!("/v1/poll?topic=News&timeout_ms=0&access_token={tok}"),
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+}
