@@ -55,6 +55,10 @@ pub struct ChannelDef {
     /// Extension: keep the channel's entries at least this many minutes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_minutes: Option<u32>,
+    /// Extension: the gateways keep who is in each of the channel's
+    /// concrete channels (presence: join/leave frames, member lists).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub presence: bool,
 }
 
 /// A filter: a scope type and the accepted values (`["*"]` = any).

@@ -103,6 +103,8 @@ pub struct ResolvedChannel {
     pub topic: String,
     /// Best-effort: delivered live only, never stored in the cursor log.
     pub ephemeral: bool,
+    /// The gateways keep presence in this channel (`Presence: true`).
+    pub presence: bool,
     pub lookback: Option<LookBack>,
     /// Keep entries at least this long (beyond the lookback window).
     pub retention: Option<Duration>,
@@ -246,6 +248,7 @@ fn make(c: &Channel, value: &str, tenant_prefix: &str) -> ResolvedChannel {
         hub: c.hub.clone(),
         topic: c.topic.clone(),
         ephemeral: c.ephemeral,
+        presence: c.presence,
         lookback: c.lookback,
         retention: c.retention,
     }

@@ -139,6 +139,7 @@ pub(crate) struct Channel {
     pub(crate) lookback: Option<LookBack>,
     pub(crate) ephemeral: bool,
     pub(crate) retention: Option<Duration>,
+    pub(crate) presence: bool,
 }
 
 impl Channel {
@@ -367,6 +368,11 @@ impl Topology {
             .min()
     }
 
+    /// Whether any channel of `topic` keeps presence (`Presence: true`).
+    pub fn topic_has_presence(&self, topic: &str) -> bool {
+        self.topic_channels(topic).any(|c| c.presence)
+    }
+
     /// The file this topology was compiled from, as parsed.
     pub fn file(&self) -> &TopologyFile {
         &self.file
@@ -426,7 +432,7 @@ fn parse_error(
     loc: Option<(usize, usize)>,
 ) -> TopologyError {
     let fix = if message.contains("unknown field") {
-        "remove the field or correct its spelling; field names are PascalCase as listed (Hubs, Name, Type, Channels, Topic, IsPublishableByUser, Filters, Values, LookBack, IsEnabled, TtlPeriodType, TtlValue, FilterCollections, FilterCollection, Ephemeral, RetentionMinutes)"
+        "remove the field or correct its spelling; field names are PascalCase as listed (Hubs, Name, Type, Channels, Topic, IsPublishableByUser, Filters, Values, LookBack, IsEnabled, TtlPeriodType, TtlValue, FilterCollections, FilterCollection, Ephemeral, RetentionMinutes, Presence)"
     } else if message.contains("missing field") {
         "add the required field"
     } else if message.contains("invalid type") || message.contains("invalid value") {
@@ -678,6 +684,7 @@ fn compile_channel(
         features,
         lookback,
         ephemeral: ch.ephemeral,
+        presence: ch.presence,
         retention: ch
             .retention_minutes
             .map(|m| Duration::from_secs(u64::from(m) * 60)),

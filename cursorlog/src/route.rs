@@ -132,6 +132,7 @@ mod tests {
             hub: "Hub".into(),
             topic: "News".into(),
             ephemeral,
+            presence: false,
             lookback: None,
             retention,
         }

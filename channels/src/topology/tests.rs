@@ -503,3 +503,35 @@ fn collections_merge_into_channel_filters() {
     );
     assert_eq!(c.features, Some(Accept::Only(["Beta".to_owned()].into())));
 }
+
+#[test]
+fn presence_is_opt_in_per_channel_in_json_and_yaml() {
+    let t = Topology::from_json_str(
+        &hub(
+            r#"{"Name":"Room-[ScopeValue]","Topic":"Rooms","Presence":true,
+                "Filters":[{"Type":"Product Codes","Values":["*"]}]},
+               {"Name":"Lobby","Topic":"Lobby"}"#,
+            "",
+        ),
+        "t.json",
+    )
+    .unwrap();
+    assert!(t.topic_has_presence("Rooms"));
+    assert!(!t.topic_has_presence("Lobby"));
+    assert!(!t.topic_has_presence("Nothing"));
+    let ent = crate::Entitlements {
+        tenant: Some("acme".into()),
+        products: vec!["CHLT".into()],
+        features: vec![],
+    };
+    let r = t.resolve_subscriber("Rooms", &ent);
+    assert!(r[0].presence);
+    assert_eq!((r[0].name.as_str(), r[0].key.as_str()), ("Room-CHLT", "acme/C/Room-CHLT"));
+    assert!(!t.resolve_subscriber("Lobby", &ent)[0].presence);
+    let yaml = "Hubs:\n  - Name: C\n    Channels:\n      - Name: Lobby\n        Topic: Lobby\n        Presence: true\n";
+    let t = Topology::from_yaml_str(yaml, "t.yaml").unwrap();
+    assert!(t.topic_has_presence("Lobby"));
+    // Not a boolean: a parse error naming the field.
+    let e = err(&hub(r#"{"Name":"L","Topic":"L","Presence":"yes"}"#, ""));
+    assert!(e.contains("Presence") || e.contains("invalid type"), "{e}");
+}
