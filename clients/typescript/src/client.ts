@@ -27,7 +27,7 @@ import { Backoff, DEFAULT_BACKOFF, type BackoffOptions } from './backoff.js';
 import { systemClock, type Clock, type TimerHandle } from './clock.js';
 import { Emitter } from './emitter.js';
 import { serverCode, SwitchyardError } from './errors.js';
-import { CloseCode, endedSubscriptionTopic, type ClientFrame, type ServerFrame } from './protocol.js';
+import { CloseCode, endedSubscriptionTopic, type ClientFrame, type PresenceFrame, type ServerFrame } from './protocol.js';
 import { cursorKey, defaultCursorStore, type CursorStore } from './store.js';
 import { Subscription, type SubscriptionHandlers, type SubscriptionHost } from './subscription.js';
 import { refreshAt, tokenExpiryMs, tokenSubject } from './token.js';
@@ -147,12 +147,27 @@ export interface PublishOptions {
   timeoutMs?: number;
 }
 
+export interface SubscribeOptions {
+  /**
+   * Receive `join`/`leave` events of the topic's presence channels (the
+   * topic needs `Presence: true` in the topology; otherwise the gateway
+   * refuses the subscription with `bad_request`).
+   */
+  presence?: boolean;
+}
+
+export interface PresenceOptions {
+  /** Default: `publishTimeoutMs`. */
+  timeoutMs?: number;
+}
+
 type Pending =
   | { kind: 'subscribe'; sub: Subscription<never> }
   | { kind: 'unsubscribe' }
   | { kind: 'ping' }
   | { kind: 'refresh'; attempt: number }
-  | { kind: 'publish'; req: PublishRequest };
+  | { kind: 'publish'; req: PublishRequest }
+  | { kind: 'presence'; resolve(reply: PresenceFrame): void; reject(e: SwitchyardError): void };
 
 interface PublishRequest {
   topic: string;
@@ -365,12 +380,16 @@ export class SwitchyardClient {
    * Subscribes to a topic. The subscription resumes from its stored cursor,
    * survives reconnects, and ends only with `unsubscribe()` or a refusal.
    */
-  subscribe<T = unknown>(topic: string, handlers: SubscriptionHandlers<T> = {}): Subscription<T> {
+  subscribe<T = unknown>(
+    topic: string,
+    handlers: SubscriptionHandlers<T> = {},
+    options: SubscribeOptions = {},
+  ): Subscription<T> {
     if (typeof topic !== 'string' || topic.length === 0) throw new TypeError('topic must be a non-empty string');
     if (this.subs.has(topic)) {
       throw new SwitchyardError('duplicate_subscription', `already subscribed to ${topic}`, { topic });
     }
-    const sub = new Subscription<T>(topic, this.host, this.o.dedupWindow);
+    const sub = new Subscription<T>(topic, this.host, this.o.dedupWindow, options.presence === true);
     sub.attach(handlers);
     this.subs.set(topic, sub as unknown as Subscription<never>);
     if (this._state === 'connected') this.sendSubscribe(sub as unknown as Subscription<never>);
@@ -383,6 +402,52 @@ export class SwitchyardClient {
 
   subscriptions(): Subscription[] {
     return [...this.subs.values()] as unknown as Subscription[];
+  }
+
+  /**
+   * Who is in this user's presence channels of `topic` (a topic with
+   * `Presence: true`), over the whole fleet: per channel, the counts and the
+   * members up to the gateway's cap. Needs an open WebSocket connection;
+   * rejects with `closed` (not connected), `unsupported` (long-poll),
+   * `connection_lost`, `timeout`, or the gateway's refusal (`bad_request`:
+   * no presence on the topic; `forbidden`; `internal`).
+   */
+  presence(topic: string, options: PresenceOptions = {}): Promise<PresenceFrame['channels']> {
+    return new Promise((resolve, reject) => {
+      const t = this.transport;
+      if (this.stopped || !t || this._state !== 'connected') {
+        reject(new SwitchyardError('closed', 'the client is not connected', { topic }));
+        return;
+      }
+      if (t.kind === 'longpoll') {
+        reject(new SwitchyardError('unsupported', 'presence needs a WebSocket; the client is on long-poll', { topic }));
+        return;
+      }
+      const id = this.nextId++;
+      let done = false;
+      const timer = this.clock.setTimeout(() => {
+        if (done) return;
+        done = true;
+        this.pending.delete(id);
+        reject(new SwitchyardError('timeout', 'no presence answer in time', { topic, requestId: id }));
+      }, options.timeoutMs ?? this.o.publishTimeoutMs);
+      this.pending.set(id, {
+        kind: 'presence',
+        resolve: (reply) => {
+          if (done) return;
+          done = true;
+          this.clock.clearTimeout(timer);
+          resolve(reply.channels);
+        },
+        reject: (e) => {
+          if (done) return;
+          done = true;
+          this.clock.clearTimeout(timer);
+          reject(new SwitchyardError(e.code, e.message, { topic, ...(e.requestId !== undefined ? { requestId: e.requestId } : {}) }));
+        },
+      });
+      this.send(t, { type: 'presence', id, topic });
+    });
   }
 
   /**
@@ -598,7 +663,9 @@ export class SwitchyardClient {
     }
     this.pingTimer = this.pongTimer = this.upgradeTimer = this.refreshTimer = undefined;
     for (const [, p] of this.pending) {
-      if (p.kind === 'publish') {
+      if (p.kind === 'presence') {
+        p.reject(new SwitchyardError('connection_lost', 'the connection dropped before the gateway answered'));
+      } else if (p.kind === 'publish') {
         p.req.reject(
           new SwitchyardError('connection_lost', 'the connection dropped before the gateway answered; the publish may or may not have been stored', {
             topic: p.req.topic,
@@ -773,6 +840,18 @@ export class SwitchyardClient {
         return this.errorFrame(t, f);
       case 'welcome':
         return;
+      case 'join':
+      case 'leave':
+        this.subs.get(f.topic)?.presenceChange(f);
+        return;
+      case 'presence': {
+        const p = this.pending.get(f.id);
+        if (p?.kind === 'presence') {
+          this.pending.delete(f.id);
+          p.resolve(f);
+        }
+        return;
+      }
     }
   }
 
@@ -790,6 +869,9 @@ export class SwitchyardClient {
           return this.subscribeRefused(t, p.sub, new SwitchyardError(code, f.message, { requestId: f.id, topic: p.sub.topic }));
         case 'refresh':
           return this.refreshRefused(err, p.attempt);
+        case 'presence':
+          p.reject(err);
+          return;
         default:
           this.report(err);
           return;
@@ -857,7 +939,13 @@ export class SwitchyardClient {
     sub.pendingId = id;
     sub.sentCursor = cursor;
     this.pending.set(id, { kind: 'subscribe', sub });
-    this.send(t, { type: 'subscribe', id, topic: sub.topic, ...(cursor ? { cursor } : {}) });
+    this.send(t, {
+      type: 'subscribe',
+      id,
+      topic: sub.topic,
+      ...(cursor ? { cursor } : {}),
+      ...(sub.presence ? { presence: true } : {}),
+    });
   }
 
   private unsubscribeSub(sub: Subscription<never>): void {

@@ -22,7 +22,10 @@ export {
   type ReconnectingEvent,
   type TokenEvent,
   type PublishOptions,
+  type SubscribeOptions,
+  type PresenceOptions,
 } from './client.js';
+export type { ChannelPresence, PresenceMember } from './protocol.js';
 export {
   Subscription,
   type SubscriptionState,
@@ -33,6 +36,7 @@ export {
   type UnrecoveredEvent,
   type UnsubscribedEvent,
   type SubscriptionStateEvent,
+  type PresenceChange,
 } from './subscription.js';
 export {
   SwitchyardError,

@@ -10,7 +10,8 @@
 export const SUBPROTOCOL = 'switchyard.v1.json';
 
 export type ClientFrame =
-  | { type: 'subscribe'; id: number; topic: string; cursor?: string }
+  | { type: 'subscribe'; id: number; topic: string; cursor?: string; presence?: boolean }
+  | { type: 'presence'; id: number; topic: string }
   | { type: 'unsubscribe'; id: number; topic: string }
   | { type: 'publish'; id: number; topic: string; payload: unknown }
   | { type: 'ping'; id: number }
@@ -24,6 +25,43 @@ export interface MessageFrame {
   payload: unknown;
   content_type?: string;
   created_at_ms?: number;
+}
+
+/** A user's first connection arrived in (`join`) or last left (`leave`) a presence channel. */
+export interface PresenceChangeFrame {
+  type: 'join' | 'leave';
+  topic: string;
+  /** The concrete channel, e.g. `Room-CHLT`. */
+  channel: string;
+  user: string;
+  /** The user's client info (their token's `info` claim), on joins. */
+  info?: unknown;
+  /** A leave found after the user's node stopped heartbeating. */
+  expired?: boolean;
+}
+
+export interface PresenceMember {
+  user: string;
+  connections: number;
+  info?: unknown;
+}
+
+export interface ChannelPresence {
+  channel: string;
+  /** Distinct users and their connections over the fleet (never capped). */
+  users: number;
+  connections: number;
+  /** Members, up to the gateway's cap over the whole answer. */
+  members: PresenceMember[];
+  /** More users than listed. */
+  truncated: boolean;
+}
+
+export interface PresenceFrame {
+  type: 'presence';
+  id: number;
+  topic: string;
+  channels: ChannelPresence[];
 }
 
 export type ServerFrame =
@@ -42,7 +80,9 @@ export type ServerFrame =
   | { type: 'pong'; id: number }
   | { type: 'refreshed'; id: number }
   | { type: 'error'; id?: number; code: string; message: string; topic?: string }
-  | { type: 'reconnect'; after_ms: number };
+  | { type: 'reconnect'; after_ms: number }
+  | PresenceChangeFrame
+  | PresenceFrame;
 
 /** Close codes the gateway uses, and the ones the SDK synthesizes. */
 export const CloseCode = {
@@ -116,6 +156,31 @@ export function toServerFrame(v: unknown): ServerFrame | undefined {
       };
     case 'reconnect':
       return { type: 'reconnect', after_ms: isNum(v.after_ms) && v.after_ms >= 0 ? v.after_ms : 0 };
+    case 'join':
+    case 'leave':
+      if (!isStr(v.topic) || !isStr(v.channel) || !isStr(v.user)) return undefined;
+      return {
+        type: v.type,
+        topic: v.topic,
+        channel: v.channel,
+        user: v.user,
+        ...(v.info !== undefined ? { info: v.info } : {}),
+        ...(v.expired === true ? { expired: true } : {}),
+      };
+    case 'presence': {
+      if (!isNum(v.id) || !isStr(v.topic) || !Array.isArray(v.channels)) return undefined;
+      const channels: ChannelPresence[] = [];
+      for (const c of v.channels) {
+        if (!isObj(c) || !isStr(c.channel) || !isNum(c.users) || !isNum(c.connections)) return undefined;
+        const members: PresenceMember[] = [];
+        for (const m of Array.isArray(c.members) ? c.members : []) {
+          if (!isObj(m) || !isStr(m.user) || !isNum(m.connections)) return undefined;
+          members.push({ user: m.user, connections: m.connections, ...(m.info !== undefined ? { info: m.info } : {}) });
+        }
+        channels.push({ channel: c.channel, users: c.users, connections: c.connections, members, truncated: c.truncated === true });
+      }
+      return { type: 'presence', id: v.id, topic: v.topic, channels };
+    }
     default:
       return undefined;
   }

@@ -18,7 +18,7 @@
 
 import { Emitter } from './emitter.js';
 import { SwitchyardError } from './errors.js';
-import type { MessageFrame } from './protocol.js';
+import type { MessageFrame, PresenceChangeFrame } from './protocol.js';
 import type { TransportKind } from './transport/types.js';
 
 export type SubscriptionState = 'subscribing' | 'subscribed' | 'recovering' | 'unsubscribed';
@@ -61,6 +61,17 @@ export interface UnsubscribedEvent {
   error?: SwitchyardError;
 }
 
+/** A presence change in one of the subscription's channels. */
+export interface PresenceChange {
+  /** The concrete channel, e.g. `Room-CHLT`. */
+  channel: string;
+  user: string;
+  /** The user's client info (their token's `info` claim), on joins. */
+  info?: unknown;
+  /** A leave found after the user's node stopped heartbeating (after its TTL). */
+  expired: boolean;
+}
+
 export interface SubscriptionEvents<T = unknown> {
   state: SubscriptionStateEvent;
   message: Message<T>;
@@ -73,6 +84,10 @@ export interface SubscriptionEvents<T = unknown> {
   unrecovered: UnrecoveredEvent;
   error: SwitchyardError;
   unsubscribed: UnsubscribedEvent;
+  /** A user's first connection arrived in a presence channel (subscribed with `presence: true`). */
+  join: PresenceChange;
+  /** A user's last connection left a presence channel. */
+  leave: PresenceChange;
 }
 
 /** Listeners to attach when subscribing, by event name. */
@@ -128,6 +143,8 @@ export class Subscription<T = unknown> {
     readonly topic: string,
     private readonly host: SubscriptionHost,
     dedupWindow: number,
+    /** Whether the gateway sends this subscription `join`/`leave` frames. */
+    readonly presence = false,
   ) {
     this.events = new Emitter((e, ev) => host.reportListenerError(e, `subscription ${topic} ${String(ev)} listener`));
     this.seen = new RecentIds(dedupWindow);
@@ -226,6 +243,18 @@ export class Subscription<T = unknown> {
     this.events.emit('message', msg);
     this._cursor = frame.cursor;
     this.host.saveCursor(this as unknown as Subscription<never>, frame.cursor);
+  }
+
+  /** @internal A join or leave of one of its channels. */
+  presenceChange(frame: PresenceChangeFrame): void {
+    if (this._state !== 'subscribed') return;
+    const change: PresenceChange = {
+      channel: frame.channel,
+      user: frame.user,
+      expired: frame.expired === true,
+      ...(frame.info !== undefined ? { info: frame.info } : {}),
+    };
+    this.events.emit(frame.type, change);
   }
 
   /** @internal */

@@ -187,6 +187,7 @@ export class LongPollTransport implements Transport {
         this.emit({ type: 'refreshed', id: frame.id });
         return true;
       case 'publish':
+      case 'presence':
         return false;
     }
   }
