@@ -9,6 +9,9 @@
 //! - `GET /v1/history`: a page of a topic's log for given entitlements, with
 //!   the long-poll's replay rules.
 //! - `GET /v1/info`: this node's connections and subscriptions.
+//! - `GET /v1/presence`, `GET /v1/presence/stats`: who is in a topic's
+//!   presence channels for given entitlements (members up to the cap, and
+//!   counts), over the fleet.
 //!
 //! Invariants: every request but the description is refused (401) unless it
 //! carries a configured key, compared in constant time against every key; a
@@ -18,6 +21,8 @@ use crate::auth::Identity;
 use crate::error::RequestError;
 use crate::http::{accept_bounded, json_error, messages_response, query_param, Body};
 use crate::metrics as m;
+use crate::presence::PresenceChannel;
+use crate::protocol::presence_json;
 use crate::publish::SystemEvent;
 use crate::replay::read_messages;
 use crate::Node;
@@ -105,6 +110,8 @@ async fn route(req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
         "/v1/disconnect" => "disconnect",
         "/v1/history" => "history",
         "/v1/info" => "info",
+        "/v1/presence" => "presence",
+        "/v1/presence/stats" => "presence_stats",
         _ => "unknown",
     };
     let resp = if !authorized(&node.cfg.api_keys, &req) {
@@ -119,6 +126,8 @@ async fn route(req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
             (Method::POST, "disconnect") => disconnect(req, &node).await,
             (Method::GET, "history") => history(&req, &node).await,
             (Method::GET, "info") => info(&node),
+            (Method::GET, "presence") => presence(&req, &node, true).await,
+            (Method::GET, "presence_stats") => presence(&req, &node, false).await,
             (_, "unknown") => json_error(
                 StatusCode::NOT_FOUND,
                 "bad_request",
@@ -424,6 +433,7 @@ async fn history(req: &Request<Incoming>, node: &Node) -> Response<Body> {
     let identity = Identity {
         user: user.as_deref().unwrap_or("").into(),
         exp: u64::MAX,
+        info: None,
         entitlements: Entitlements {
             tenant: query_param(query, "tenant").filter(|t| !t.is_empty()),
             products: list(query, "products"),
@@ -456,6 +466,67 @@ async fn history(req: &Request<Incoming>, node: &Node) -> Response<Body> {
     };
     let cursor = planner.cursors.encode(positions.iter().copied());
     messages_response(&messages, &cursor, plan.recovered, Some(more))
+}
+
+/// The entitlements of a history or presence query (`tenant`, `products`,
+/// `features`, `user`).
+fn query_identity(query: &str) -> Identity {
+    Identity {
+        user: query_param(query, "user").unwrap_or_default().into(),
+        exp: u64::MAX,
+        info: None,
+        entitlements: Entitlements {
+            tenant: query_param(query, "tenant").filter(|t| !t.is_empty()),
+            products: list(query, "products"),
+            features: list(query, "features"),
+        },
+    }
+}
+
+async fn presence(req: &Request<Incoming>, node: &Node, members: bool) -> Response<Body> {
+    let query = req.uri().query().unwrap_or("");
+    let Some(topic) = query_param(query, "topic").filter(|t| !t.is_empty()) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "missing topic parameter",
+        );
+    };
+    let topology = node.topology.current();
+    if !topology.has_topic(&topic) {
+        return refuse(RequestError::UnknownTopic(topic), "api presence");
+    }
+    if !topology.topic_has_presence(&topic) {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("topic {topic} has no presence (no channel of it has Presence: true)"),
+        );
+    }
+    let identity = query_identity(query);
+    let channels = PresenceChannel::of(topology.resolve_subscriber(&topic, &identity.entitlements));
+    if channels.is_empty() {
+        return refuse(RequestError::NoChannels(topic), "api presence");
+    }
+    match node.presence.read(&channels, members).await {
+        Ok(list) => {
+            let channels: Vec<serde_json::Value> = list
+                .iter()
+                .map(|(name, p)| {
+                    let mut v = presence_json(name, p);
+                    if !members {
+                        if let Some(o) = v.as_object_mut() {
+                            o.remove("members");
+                            o.remove("truncated");
+                        }
+                    }
+                    v
+                })
+                .collect();
+            json_ok(&serde_json::json!({ "topic": topic, "channels": channels }))
+        }
+        Err(message) => json_error(StatusCode::SERVICE_UNAVAILABLE, "internal", &message),
+    }
 }
 
 fn info(node: &Node) -> Response<Body> {

@@ -37,7 +37,13 @@ pub struct Identity {
     /// Expiry, seconds since the epoch.
     pub exp: u64,
     pub entitlements: Entitlements,
+    /// Client info for presence: the token's `info` claim as JSON text, at
+    /// most [`MAX_INFO_BYTES`].
+    pub info: Option<Arc<str>>,
 }
+
+/// Largest `info` claim (serialized JSON) a token may carry.
+pub const MAX_INFO_BYTES: usize = 1024;
 
 /// Why a token was refused; `reason()` is the metric label.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +94,9 @@ struct Claims {
     products: Vec<String>,
     #[serde(default)]
     features: Vec<String>,
+    /// Client info shown to others in presence (any JSON value).
+    #[serde(default)]
+    info: Option<serde_json::Value>,
 }
 
 /// Verifies tokens against the configured keys.
@@ -289,7 +298,20 @@ impl Authenticator {
                 "at most 1000 products and features".into(),
             ));
         }
+        let info = match c.info {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v) => {
+                let text = v.to_string();
+                if text.len() > MAX_INFO_BYTES {
+                    return Err(AuthError::Claims(format!(
+                        "info must be at most {MAX_INFO_BYTES} bytes of JSON"
+                    )));
+                }
+                Some(Arc::from(text))
+            }
+        };
         Ok(Identity {
+            info,
             user: c.sub.into(),
             exp: c.exp,
             entitlements: Entitlements {
@@ -367,6 +389,25 @@ mod tests {
         assert_eq!(&*id.user, "u-1");
         assert_eq!(id.entitlements.products, vec!["CHLT"]);
         assert_eq!(id.entitlements.tenant.as_deref(), Some("acme"));
+    }
+
+    #[test]
+    fn client_info_is_taken_bounded() {
+        let t = token(
+            serde_json::json!({"sub":"u","exp":now()+60,"info":{"name":"Ann"}}),
+            SECRET,
+        );
+        assert_eq!(
+            auth().verify(&t).unwrap().info.as_deref(),
+            Some(r#"{"name":"Ann"}"#)
+        );
+        let t = token(serde_json::json!({"sub":"u","exp":now()+60}), SECRET);
+        assert_eq!(auth().verify(&t).unwrap().info, None);
+        let t = token(
+            serde_json::json!({"sub":"u","exp":now()+60,"info":"x".repeat(MAX_INFO_BYTES)}),
+            SECRET,
+        );
+        assert!(matches!(auth().verify(&t), Err(AuthError::Claims(m)) if m.contains("info")));
     }
 
     #[test]

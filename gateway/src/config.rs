@@ -84,6 +84,11 @@ pub struct GatewayConfig {
     pub publish_rate_per_user: u64,
     /// The window of `publish_rate_per_user`.
     pub publish_rate_window: Duration,
+    /// How long a node's presence entries and fleet connection counts live
+    /// in Redis without a heartbeat (heartbeats every third of it).
+    pub presence_ttl: Duration,
+    /// Members listed in a presence answer, at most (counts go beyond).
+    pub presence_max_members: usize,
 }
 
 impl GatewayConfig {
@@ -212,7 +217,25 @@ impl GatewayConfig {
                 reason: "use at least 1 second".into(),
             });
         }
+        let presence_ttl = s.parse_or("SWITCHYARD_PRESENCE_TTL_SECONDS", 30u64)?;
+        if !(3..=3600).contains(&presence_ttl) {
+            return Err(ConfigError::Invalid {
+                var: "SWITCHYARD_PRESENCE_TTL_SECONDS".into(),
+                value: presence_ttl.to_string(),
+                reason: "use 3 to 3600 seconds".into(),
+            });
+        }
+        let presence_max_members = s.parse_or("SWITCHYARD_PRESENCE_MAX_MEMBERS", 1000usize)?;
+        if !(1..=100_000).contains(&presence_max_members) {
+            return Err(ConfigError::Invalid {
+                var: "SWITCHYARD_PRESENCE_MAX_MEMBERS".into(),
+                value: presence_max_members.to_string(),
+                reason: "use 1 to 100000".into(),
+            });
+        }
         Ok(GatewayConfig {
+            presence_ttl: Duration::from_secs(presence_ttl),
+            presence_max_members,
             api_listen,
             api_keys,
             api_max_payload_bytes: s.parse_or("SWITCHYARD_API_MAX_PAYLOAD_BYTES", 256 * 1024)?,
@@ -279,6 +302,22 @@ mod tests {
         assert_eq!(c.admin_listen.port(), 9091);
         assert_eq!(c.api_listen, None);
         assert_eq!(c.max_user_connections, 0);
+        assert_eq!(c.presence_ttl, Duration::from_secs(30));
+        assert_eq!(c.presence_max_members, 1000);
+    }
+
+    #[test]
+    fn presence_settings_are_bounded() {
+        for (var, value) in [
+            ("SWITCHYARD_PRESENCE_TTL_SECONDS", "1"),
+            ("SWITCHYARD_PRESENCE_TTL_SECONDS", "x"),
+            ("SWITCHYARD_PRESENCE_MAX_MEMBERS", "0"),
+        ] {
+            let mut v = base();
+            v.push((var, value));
+            let e = GatewayConfig::from_source(&Source::from_map(v)).unwrap_err();
+            assert!(e.to_string().contains(var), "{e}");
+        }
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! place back when dropped, whatever ended the session), so a quota can
 //! never leak places.
 //!
+//! The per-node counts are the first line of the quotas (no shared state,
+//! they hold through a Redis outage); the fleet-wide check
+//! (the `occupancy` module) comes after it. Users and tenants whose count
+//! changed are marked for that module to write to Redis.
+//!
 //! Past a quota the *new* connection is refused (HTTP 429 before the
 //! upgrade), rather than the oldest being closed: closing the oldest would
 //! let anyone holding a copy of a user's token knock that user's working
@@ -14,9 +19,10 @@
 //! clear answer it can act on.
 
 use crate::outbound::{Outbound, OutboundTx};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Close code and reason of a connection ended by the server API.
@@ -26,9 +32,9 @@ pub const DISCONNECT_REASON: &str = "disconnected by the server";
 /// Why a connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum QuotaRefusal {
-    #[error("too many connections for this user (at most {0} per node)")]
+    #[error("too many connections for this user (at most {0})")]
     User(usize),
-    #[error("too many connections for this tenant (at most {0} per node)")]
+    #[error("too many connections for this tenant (at most {0})")]
     Tenant(usize),
 }
 
@@ -41,6 +47,9 @@ impl QuotaRefusal {
         }
     }
 }
+
+/// Connections per user and per tenant on this node.
+pub type Counts = (Vec<(Arc<str>, usize)>, Vec<(String, usize)>);
 
 /// Per-node connection limits (0: none).
 #[derive(Debug, Clone, Copy, Default)]
@@ -61,6 +70,10 @@ struct State {
     /// Slots per user, with the sessions that can be closed.
     users: HashMap<Arc<str>, (usize, Vec<Attached>)>,
     tenants: HashMap<String, usize>,
+    /// Users and tenants whose count changed since the fleet counts were
+    /// last written (only while a limit is set).
+    dirty_users: HashSet<Arc<str>>,
+    dirty_tenants: HashSet<String>,
 }
 
 /// The node's connections.
@@ -70,6 +83,8 @@ pub struct Registry {
     state: Mutex<State>,
     ids: AtomicU64,
     subscriptions: AtomicUsize,
+    /// Woken when a count changed (dirty users or tenants).
+    changed: Notify,
 }
 
 impl Registry {
@@ -101,8 +116,16 @@ impl Registry {
                 return Err(QuotaRefusal::Tenant(self.limits.per_tenant));
             }
             *st.tenants.entry(t.clone()).or_default() += 1;
+            if self.limits.per_tenant > 0 {
+                st.dirty_tenants.insert(t.clone());
+            }
         }
         st.users.entry(user.clone()).or_default().0 += 1;
+        if self.limits.per_user > 0 {
+            st.dirty_users.insert(user.clone());
+        }
+        drop(st);
+        self.changed.notify_one();
         Ok(Slot {
             registry: self.clone(),
             id: self.ids.fetch_add(1, Ordering::Relaxed),
@@ -136,6 +159,72 @@ impl Registry {
             }
         }
         attached.len()
+    }
+
+    /// The limits this registry enforces.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// This node's connections of `user` and of `tenant`.
+    pub fn held(&self, user: &str, tenant: Option<&str>) -> (usize, usize) {
+        let st = self.lock();
+        (
+            st.users.get(user).map(|u| u.0).unwrap_or(0),
+            tenant.and_then(|t| st.tenants.get(t).copied()).unwrap_or(0),
+        )
+    }
+
+    /// Waits until a count changed since the last [`Registry::take_changed`].
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    /// The users and tenants whose count changed, with their counts now
+    /// (0: gone), and forgets them.
+    pub fn take_changed(&self) -> Counts {
+        let mut st = self.lock();
+        let users = std::mem::take(&mut st.dirty_users);
+        let tenants = std::mem::take(&mut st.dirty_tenants);
+        let users = users
+            .into_iter()
+            .map(|u| {
+                let n = st.users.get(&u).map(|x| x.0).unwrap_or(0);
+                (u, n)
+            })
+            .collect();
+        let tenants = tenants
+            .into_iter()
+            .map(|t| {
+                let n = st.tenants.get(&t).copied().unwrap_or(0);
+                (t, n)
+            })
+            .collect();
+        (users, tenants)
+    }
+
+    /// Every user and tenant counted on this node (those a limit applies
+    /// to), for the heartbeat of the fleet counts.
+    pub fn counts(&self) -> Counts {
+        let st = self.lock();
+        let users = if self.limits.per_user > 0 {
+            st.users.iter().map(|(u, x)| (u.clone(), x.0)).collect()
+        } else {
+            Vec::new()
+        };
+        let tenants = if self.limits.per_tenant > 0 {
+            st.tenants.iter().map(|(t, n)| (t.clone(), *n)).collect()
+        } else {
+            Vec::new()
+        };
+        (users, tenants)
+    }
+
+    /// Marks counts to be written again (their write failed).
+    pub fn mark_changed(&self, users: &[Arc<str>], tenants: &[String]) {
+        let mut st = self.lock();
+        st.dirty_users.extend(users.iter().cloned());
+        st.dirty_tenants.extend(tenants.iter().cloned());
     }
 
     /// Open connections (slots) on this node.
@@ -201,6 +290,9 @@ impl Drop for Slot {
                 st.users.remove(&self.user);
             }
         }
+        if self.registry.limits.per_user > 0 {
+            st.dirty_users.insert(self.user.clone());
+        }
         if let Some(t) = &self.tenant {
             if let Some(n) = st.tenants.get_mut(t) {
                 *n = n.saturating_sub(1);
@@ -208,7 +300,12 @@ impl Drop for Slot {
                     st.tenants.remove(t);
                 }
             }
+            if self.registry.limits.per_tenant > 0 {
+                st.dirty_tenants.insert(t.clone());
+            }
         }
+        drop(st);
+        self.registry.changed.notify_one();
     }
 }
 

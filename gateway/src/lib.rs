@@ -3,12 +3,17 @@
 //! Where things are, from the edge inwards (a module only uses modules
 //! listed after it; `tests/module_graph.rs` checks this):
 //! - [`api`]: the server API for backends (its own listener, API keys):
-//!   publish, disconnect, history, info.
+//!   publish, disconnect, history, info, presence and presence stats.
 //! - [`server`]: the HTTP listener, limits, routing, upgrade.
 //! - [`poll`]: the long-poll fallback.
 //! - [`session`]: one WebSocket connection (reader, session loop, writer).
 //! - [`livefeed`]: the Redis subscription feeding the fan-out.
 //! - [`publish`]: client publishes through the `IsPublishableByUser` gate.
+//! - [`presence`]: this node's members of presence channels, their
+//!   `join`/`leave` watchers, and the task keeping Redis in step (heartbeats,
+//!   sweeps, announcements).
+//! - [`occupancy`]: the connection quotas across the fleet (Redis counts
+//!   with heartbeats; fail-open).
 //! - [`fanout`]: live delivery per node: shards, backfill and head check.
 //! - [`catchup`]: replay from PostgreSQL and the request to go live.
 //! - [`subscribe`]: resolving a topic to channels and where replay starts
@@ -42,8 +47,10 @@ pub mod golive;
 pub mod http;
 pub mod livefeed;
 pub mod metrics;
+pub mod occupancy;
 pub mod outbound;
 pub mod poll;
+pub mod presence;
 pub mod protocol;
 pub mod publish;
 mod replay;
@@ -82,6 +89,8 @@ pub struct Node {
     pub(crate) auth: auth::Authenticator,
     pub(crate) fanout: fanout::Fanout,
     pub(crate) publisher: Publisher,
+    pub(crate) presence: Arc<presence::Presence>,
+    pub(crate) occupancy: Arc<occupancy::Occupancy>,
     pub(crate) feed: Arc<livefeed::FeedState>,
     pub(crate) wakers: Arc<wakers::ChannelWakers>,
     pub(crate) poll_slots: Semaphore,
@@ -259,12 +268,28 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
     );
     let feed = Arc::new(livefeed::FeedState::default());
     let wakers = Arc::new(wakers::ChannelWakers::default());
+    let node_id = uuid::Uuid::new_v4().simple().to_string();
+    let registry = Arc::new(connections::Registry::new(connections::Limits {
+        per_user: cfg.max_user_connections,
+        per_tenant: cfg.max_tenant_connections,
+    }));
+    let presence = Arc::new(presence::Presence::new(
+        node_id.clone(),
+        cfg.presence_ttl,
+        cfg.presence_max_members,
+        publisher.clone(),
+    ));
+    let occupancy = Arc::new(occupancy::Occupancy::new(
+        node_id.clone(),
+        cfg.presence_ttl,
+        registry.clone(),
+        publisher.clone(),
+    ));
     let node = Arc::new(Node {
-        id: uuid::Uuid::new_v4().simple().to_string(),
-        connections: Arc::new(connections::Registry::new(connections::Limits {
-            per_user: cfg.max_user_connections,
-            per_tenant: cfg.max_tenant_connections,
-        })),
+        id: node_id,
+        connections: registry,
+        presence: presence.clone(),
+        occupancy: occupancy.clone(),
         log: log.clone(),
         topology: topology.clone(),
         auth,
@@ -297,6 +322,28 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
         background.clone(),
     ));
     tasks.spawn(topology.watcher(cfg.topology.clone(), background.clone()));
+    tasks.spawn(presence.clone().run(background.clone()));
+    tasks.spawn(occupancy.run(background.clone()));
+    tasks.spawn({
+        let key = cfg
+            .store
+            .live_key
+            .as_deref()
+            .map(|k| switchyard_livefeed::LiveKey::new(k.as_bytes()));
+        switchyard_livefeed::subscribe_channel(
+            cfg.store.redis_url.clone(),
+            switchyard_livefeed::presence_events_channel(&cfg.store.redis_prefix),
+            "presence",
+            move |payload| match switchyard_livefeed::presence::PresenceEvent::decode(
+                payload,
+                key.as_ref(),
+            ) {
+                Ok(event) => presence.deliver(&event),
+                Err(e) => tracing::warn!(error = %e, "presence message ignored"),
+            },
+            background.clone(),
+        )
+    });
     let registry = node.connections.clone();
     tasks.spawn(switchyard_livefeed::subscribe_control(
         cfg.store.redis_url.clone(),

@@ -36,6 +36,10 @@ pub(crate) const QUOTA_FAIL_OPEN: &str = "switchyard_gateway_quota_fail_open_tot
 pub(crate) const SERVER_DISCONNECTS: &str = "switchyard_gateway_server_disconnects_total";
 pub(crate) const JWKS_REFRESHES: &str = "switchyard_gateway_jwks_refreshes_total";
 pub(crate) const JWKS_KEYS: &str = "switchyard_gateway_jwks_keys";
+pub(crate) const PRESENCE_MEMBERS: &str = "switchyard_gateway_presence_members";
+pub(crate) const PRESENCE_EVENTS: &str = "switchyard_gateway_presence_events_total";
+pub(crate) const PRESENCE_REDIS_ERRORS: &str = "switchyard_gateway_presence_redis_errors_total";
+pub(crate) const PRESENCE_FRAMES_DROPPED: &str = "switchyard_gateway_presence_frames_dropped_total";
 
 /// The runtime label set of topics (the topology's).
 const TOPICS: &str = "topics";
@@ -140,7 +144,18 @@ const GATEWAY: &[Metric] = &[
         API_REQUESTS,
         "Server API requests, by operation (endpoint) and result.",
         &[
-            Label::fixed("op", &["publish", "disconnect", "history", "info", "unknown"]),
+            Label::fixed(
+                "op",
+                &[
+                    "publish",
+                    "disconnect",
+                    "history",
+                    "info",
+                    "presence",
+                    "presence_stats",
+                    "unknown",
+                ],
+            ),
             Label::fixed("result", &["ok", "unauthorized", "refused", "error"]),
         ],
     ),
@@ -154,8 +169,8 @@ const GATEWAY: &[Metric] = &[
     ),
     Metric::counter(
         QUOTA_FAIL_OPEN,
-        "Publishes let through because the fleet-wide quota counter (Redis) did not answer.",
-        &[Label::fixed("kind", &["user_publish_rate"])],
+        "Publishes and connections let through because the fleet-wide quota count (Redis) did not answer.",
+        &[Label::fixed("kind", &["user_publish_rate", "connections"])],
     ),
     Metric::counter(
         SERVER_DISCONNECTS,
@@ -178,6 +193,29 @@ const GATEWAY: &[Metric] = &[
         &[Label::fixed("result", &["ok", "error"])],
     ),
     Metric::gauge(JWKS_KEYS, "Keys in use from the JWKS.", &[]),
+    Metric::gauge(
+        PRESENCE_MEMBERS,
+        "This node's presence entries (users per presence channel with a connection here).",
+        &[],
+    ),
+    Metric::counter(
+        PRESENCE_EVENTS,
+        "Presence changes this node announced to the fleet, by kind (expired: a leave found by a sweep after a node stopped heartbeating).",
+        &[Label::fixed("kind", &["join", "leave", "expired"])],
+    ),
+    Metric::counter(
+        PRESENCE_REDIS_ERRORS,
+        "Failed or timed-out Redis round trips of presence and the fleet connection counts, by operation (sync and occupancy writes are retried at the next heartbeat).",
+        &[Label::fixed(
+            "op",
+            &["sync", "heartbeat", "sweep", "publish", "read", "occupancy"],
+        )],
+    ),
+    Metric::counter(
+        PRESENCE_FRAMES_DROPPED,
+        "join/leave frames not queued because the subscriber's outbound queue was full.",
+        &[],
+    ),
 ];
 
 const TOPOLOGY: &[Metric] = &[Metric::counter(

@@ -11,6 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message as _;
 use serde::Deserialize;
 use switchyard_cursorlog::LogEvent;
+use switchyard_livefeed::presence::ChannelPresence;
 use switchyard_proto::v1 as pb;
 
 pub const SUBPROTOCOL_JSON: &str = "switchyard.v1.json";
@@ -30,6 +31,13 @@ pub enum Request {
         id: u64,
         topic: String,
         cursor: Option<String>,
+        /// Receive `join`/`leave` frames of the topic's presence channels.
+        presence: bool,
+    },
+    /// Who is in the caller's channels of `topic`.
+    Presence {
+        id: u64,
+        topic: String,
     },
     Unsubscribe {
         id: u64,
@@ -116,6 +124,25 @@ pub enum Reply<'a> {
     Reconnect {
         after_ms: u64,
     },
+    Presence {
+        id: u64,
+        topic: &'a str,
+        /// Per concrete channel (its name): counts and listed members.
+        channels: &'a [(String, ChannelPresence)],
+    },
+}
+
+/// A presence change to tell a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceChange<'a> {
+    pub join: bool,
+    pub topic: &'a str,
+    /// The concrete channel's name (`Room-CHLT`).
+    pub channel: &'a str,
+    pub user: &'a str,
+    /// Client info, JSON text.
+    pub info: Option<&'a str>,
+    pub expired: bool,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +155,7 @@ struct JsonFrame<'a> {
     #[serde(borrow)]
     payload: Option<&'a serde_json::value::RawValue>,
     token: Option<String>,
+    presence: Option<bool>,
 }
 
 /// Parses one client frame.
@@ -171,6 +199,11 @@ fn parse_json(data: &[u8]) -> Result<Request, BadFrame> {
             id,
             topic: topic(f.topic)?,
             cursor: f.cursor.filter(|c| !c.is_empty()),
+            presence: f.presence.unwrap_or(false),
+        }),
+        "presence" => Ok(Request::Presence {
+            id,
+            topic: topic(f.topic)?,
         }),
         "unsubscribe" => Ok(Request::Unsubscribe {
             id,
@@ -217,6 +250,11 @@ fn parse_proto(data: &[u8]) -> Result<Request, BadFrame> {
             id,
             topic: topic(s.topic)?,
             cursor: s.cursor.filter(|c| !c.is_empty()),
+            presence: s.presence,
+        }),
+        Some(pb::client_frame::Kind::Presence(p)) => Ok(Request::Presence {
+            id,
+            topic: topic(p.topic)?,
         }),
         Some(pb::client_frame::Kind::Unsubscribe(u)) => Ok(Request::Unsubscribe {
             id,
@@ -273,6 +311,16 @@ fn reply_json(reply: &Reply<'_>) -> serde_json::Value {
             None => json!({"type":"error","code":code.as_str(),"message":message}),
         },
         Reply::Reconnect { after_ms } => json!({"type":"reconnect","after_ms":after_ms}),
+        Reply::Presence {
+            id,
+            topic,
+            channels,
+        } => json!({
+            "type": "presence",
+            "id": id,
+            "topic": topic,
+            "channels": channels.iter().map(|(name, p)| presence_json(name, p)).collect::<Vec<_>>(),
+        }),
     }
 }
 
@@ -317,10 +365,109 @@ fn reply_proto(reply: &Reply<'_>) -> pb::ServerFrame {
             }),
         ),
         Reply::Reconnect { after_ms } => (0, Kind::Reconnect(pb::Reconnect { after_ms })),
+        Reply::Presence {
+            id,
+            topic,
+            channels,
+        } => (
+            id,
+            Kind::Presence(pb::Presence {
+                topic: topic.into(),
+                channels: channels
+                    .iter()
+                    .map(|(name, p)| pb::ChannelPresence {
+                        channel: name.clone(),
+                        users: p.users,
+                        connections: p.connections,
+                        members: p
+                            .members
+                            .iter()
+                            .map(|m| pb::PresenceMember {
+                                user: m.user.clone(),
+                                connections: m.connections,
+                                info_json: m.info.clone().unwrap_or_default(),
+                            })
+                            .collect(),
+                        truncated: p.truncated,
+                    })
+                    .collect(),
+            }),
+        ),
     };
     pb::ServerFrame {
         id,
         kind: Some(kind),
+    }
+}
+
+/// Client info as a JSON value: it was checked to be JSON when the token
+/// was read; anything else (never expected) goes as a string.
+fn info_value(info: &str) -> serde_json::Value {
+    serde_json::from_str(info).unwrap_or_else(|_| serde_json::Value::String(info.to_owned()))
+}
+
+/// One channel of a `presence` reply, in JSON.
+pub fn presence_json(name: &str, p: &ChannelPresence) -> serde_json::Value {
+    use serde_json::json;
+    json!({
+        "channel": name,
+        "users": p.users,
+        "connections": p.connections,
+        "truncated": p.truncated,
+        "members": p.members.iter().map(|m| {
+            let mut v = json!({"user": m.user, "connections": m.connections});
+            if let Some(info) = &m.info {
+                v["info"] = info_value(info);
+            }
+            v
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// Encodes a `join` or `leave` frame.
+pub fn encode_presence_change(protocol: Protocol, c: &PresenceChange<'_>) -> Bytes {
+    use serde_json::json;
+    match protocol {
+        Protocol::Json => {
+            let kind = if c.join { "join" } else { "leave" };
+            let mut v = json!({
+                "type": kind,
+                "topic": c.topic,
+                "channel": c.channel,
+                "user": c.user,
+            });
+            if let Some(info) = c.info.filter(|_| c.join) {
+                v["info"] = info_value(info);
+            }
+            if c.expired {
+                v["expired"] = json!(true);
+            }
+            Bytes::from(v.to_string())
+        }
+        Protocol::Proto => {
+            let kind = if c.join {
+                pb::server_frame::Kind::Join(pb::Join {
+                    topic: c.topic.into(),
+                    channel: c.channel.into(),
+                    user: c.user.into(),
+                    info_json: c.info.unwrap_or("").into(),
+                })
+            } else {
+                pb::server_frame::Kind::Leave(pb::Leave {
+                    topic: c.topic.into(),
+                    channel: c.channel.into(),
+                    user: c.user.into(),
+                    expired: c.expired,
+                })
+            };
+            Bytes::from(
+                pb::ServerFrame {
+                    id: 0,
+                    kind: Some(kind),
+                }
+                .encode_to_vec(),
+            )
+        }
     }
 }
 
@@ -390,9 +537,27 @@ mod tests {
             Request::Subscribe {
                 id: 1,
                 topic: "News".into(),
-                cursor: Some("abc".into())
+                cursor: Some("abc".into()),
+                presence: false,
             }
         );
+        assert_eq!(
+            p(r#"{"type":"subscribe","id":2,"topic":"Chat","presence":true}"#).unwrap(),
+            Request::Subscribe {
+                id: 2,
+                topic: "Chat".into(),
+                cursor: None,
+                presence: true,
+            }
+        );
+        assert_eq!(
+            p(r#"{"type":"presence","id":3,"topic":"Chat"}"#).unwrap(),
+            Request::Presence {
+                id: 3,
+                topic: "Chat".into()
+            }
+        );
+        assert_eq!(p(r#"{"type":"presence","id":3}"#).unwrap_err().id, Some(3));
         assert_eq!(
             p(r#"{"type":"ping","id":4}"#).unwrap(),
             Request::Ping { id: 4 }
@@ -451,12 +616,73 @@ mod tests {
     }
 
     #[test]
+    fn presence_frames_in_both_protocols() {
+        let change = PresenceChange {
+            join: true,
+            topic: "Chat",
+            channel: "Chat-A",
+            user: "u\"1",
+            info: Some(r#"{"name":"Ann"}"#),
+            expired: false,
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_presence_change(Protocol::Json, &change)).unwrap();
+        assert_eq!(v["type"], "join");
+        assert_eq!(v["user"], "u\"1");
+        assert_eq!(v["info"]["name"], "Ann");
+        let leave = PresenceChange {
+            join: false,
+            expired: true,
+            ..change
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_presence_change(Protocol::Json, &leave)).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["expired"].as_bool()),
+            (Some("leave"), Some(true))
+        );
+        assert!(v.get("info").is_none());
+        let f = pb::ServerFrame::decode(encode_presence_change(Protocol::Proto, &leave)).unwrap();
+        assert!(
+            matches!(f.kind, Some(pb::server_frame::Kind::Leave(l)) if l.expired && l.user == "u\"1")
+        );
+        let channels = vec![(
+            "Chat-A".to_owned(),
+            ChannelPresence {
+                users: 3,
+                connections: 5,
+                members: vec![switchyard_livefeed::presence::Member {
+                    user: "a".into(),
+                    connections: 2,
+                    info: None,
+                }],
+                truncated: true,
+            },
+        )];
+        let reply = Reply::Presence {
+            id: 4,
+            topic: "Chat",
+            channels: &channels,
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_reply(Protocol::Json, &reply)).unwrap();
+        assert_eq!(v["channels"][0]["users"], 3);
+        assert_eq!(v["channels"][0]["members"][0]["connections"], 2);
+        assert_eq!(v["channels"][0]["truncated"], true);
+        let f = pb::ServerFrame::decode(encode_reply(Protocol::Proto, &reply)).unwrap();
+        assert!(
+            matches!(f.kind, Some(pb::server_frame::Kind::Presence(p)) if p.channels[0].connections == 5)
+        );
+    }
+
+    #[test]
     fn proto_roundtrip() {
         let f = pb::ClientFrame {
             id: 9,
             kind: Some(pb::client_frame::Kind::Subscribe(pb::Subscribe {
                 topic: "News".into(),
                 cursor: None,
+                presence: false,
             })),
         };
         assert_eq!(
@@ -464,7 +690,8 @@ mod tests {
             Request::Subscribe {
                 id: 9,
                 topic: "News".into(),
-                cursor: None
+                cursor: None,
+                presence: false,
             }
         );
     }

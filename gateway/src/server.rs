@@ -90,7 +90,7 @@ async fn route(
     slot: Arc<OwnedSemaphorePermit>,
 ) -> Response<Body> {
     match req.uri().path() {
-        "/v1/ws" => upgrade(req, node, drain, tracker, slot),
+        "/v1/ws" => upgrade(req, node, drain, tracker, slot).await,
         "/v1/poll" => {
             let allowed = &node.cfg.allowed_origins;
             if req.method() == hyper::Method::OPTIONS {
@@ -130,7 +130,7 @@ async fn route(
     }
 }
 
-fn upgrade(
+async fn upgrade(
     mut req: Request<Incoming>,
     node: Arc<Node>,
     drain: CancellationToken,
@@ -163,6 +163,19 @@ fn upgrade(
     let place = node
         .connections
         .reserve(identity.user.clone(), identity.entitlements.tenant.clone());
+    // The per-node count is the first line; then the fleet's (Redis,
+    // fail-open), which sees this node's counts with the new place in them.
+    let place = match place {
+        Ok(p) => match node
+            .occupancy
+            .check(&identity.user, identity.entitlements.tenant.as_deref())
+            .await
+        {
+            Ok(()) => Ok(p),
+            Err(refusal) => Err(refusal),
+        },
+        Err(refusal) => Err(refusal),
+    };
     let place = match place {
         Ok(p) => p,
         Err(refusal) => {

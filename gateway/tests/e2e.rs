@@ -629,6 +629,7 @@ async fn protobuf_subprotocol_round_trip() {
         kind: Some(pb::client_frame::Kind::Subscribe(pb::Subscribe {
             topic: "News".into(),
             cursor: None,
+            presence: false,
         })),
     };
     ws.send(Message::Binary(sub.encode_to_vec().into()))

@@ -16,6 +16,8 @@ const LAYERS: &[&str] = &[
     "session",
     "livefeed",
     "publish",
+    "presence",
+    "occupancy",
     "fanout",
     "catchup",
     "subscribe",

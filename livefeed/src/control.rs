@@ -62,14 +62,38 @@ pub async fn subscribe_control(
     apply: impl Fn(Control) + Send,
     cancel: CancellationToken,
 ) {
+    let channel = control_channel(&prefix);
+    subscribe_channel(
+        redis_url,
+        channel,
+        "control",
+        move |payload| match Control::decode(payload) {
+            Some(c) => apply(c),
+            None => tracing::warn!("unknown control message ignored"),
+        },
+        cancel,
+    )
+    .await
+}
+
+/// Runs a subscription to one Redis channel until `cancel` fires,
+/// reconnecting with backoff, and hands each message's payload to `apply`
+/// (`what` names the channel in log lines). Messages sent while it is not
+/// subscribed are not seen: only for messages about the present.
+pub async fn subscribe_channel(
+    redis_url: String,
+    channel: String,
+    what: &'static str,
+    apply: impl Fn(&[u8]) + Send,
+    cancel: CancellationToken,
+) {
     let client = match redis::Client::open(redis_url.as_str()) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "invalid SWITCHYARD_REDIS_URL; control channel disabled");
+            tracing::error!(error = %e, what, "invalid SWITCHYARD_REDIS_URL; subscription disabled");
             return;
         }
     };
-    let channel = control_channel(&prefix);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     while !cancel.is_cancelled() {
         let connected = async {
@@ -80,14 +104,14 @@ pub async fn subscribe_control(
         let mut pubsub = match tokio::time::timeout(Duration::from_secs(3), connected).await {
             Ok(Ok(ps)) => ps,
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "redis control subscription failed");
+                tracing::warn!(error = %e, what, "redis subscription failed");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(backoff.next_delay()) => continue,
                 }
             }
             Err(_) => {
-                tracing::warn!("redis control subscription timed out");
+                tracing::warn!(what, "redis subscription timed out");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(backoff.next_delay()) => continue,
@@ -102,12 +126,9 @@ pub async fn subscribe_control(
                 msg = messages.next() => msg,
             };
             let Some(msg) = msg else { break };
-            match Control::decode(msg.get_payload_bytes()) {
-                Some(c) => apply(c),
-                None => tracing::warn!("unknown control message ignored"),
-            }
+            apply(msg.get_payload_bytes());
         }
-        tracing::warn!("redis control subscription lost; reconnecting");
+        tracing::warn!(what, "redis subscription lost; reconnecting");
     }
 }
 

@@ -12,6 +12,11 @@
 //! - [`control`]: orders between gateway nodes ([`Control`], e.g. a
 //!   server-side disconnect) on their own channel, and their subscription.
 //! - [`counter`]: fleet-wide counters per time window (quotas).
+//! - [`presence`]: who is in each channel over the fleet (Redis entries
+//!   with heartbeats and TTLs, atomic join/leave/sweep scripts) and the
+//!   join/leave events between nodes.
+//! - [`occupancy`]: connections per user and tenant over the fleet, for
+//!   the connection quotas (same heartbeat/TTL scheme).
 //! - [`metrics`]: the feed's metrics, as catalog parts for the binaries.
 //!
 //! The invariant a maintainer must not break: the feed is an accelerator,
@@ -24,15 +29,17 @@ pub mod control;
 pub mod counter;
 pub mod metrics;
 pub mod naming;
+pub mod occupancy;
+pub mod presence;
 pub mod publisher;
 pub mod subscriber;
 pub mod wire;
 
-pub use control::{subscribe_control, Control};
-pub use naming::{control_channel, live_channel, live_pattern};
+pub use control::{subscribe_channel, subscribe_control, Control};
+pub use naming::{control_channel, live_channel, live_pattern, presence_events_channel};
 pub use publisher::Publisher;
 pub use subscriber::{subscribe, LiveSink, SubscriberConfig};
-pub use wire::{decode, decode_with, encode, encode_with, LiveKey};
+pub use wire::{decode, decode_with, encode, encode_with, open, seal, LiveKey};
 
 /// What can go wrong at the live feed's boundary.
 #[derive(Debug, thiserror::Error)]
@@ -46,4 +53,7 @@ pub enum FeedError {
     /// A message without a valid MAC while live messages are authenticated.
     #[error("live message not authenticated with SWITCHYARD_LIVE_KEY")]
     Unauthenticated,
+    /// A message on a feed channel that is not in its format.
+    #[error("malformed feed message: {0}")]
+    Malformed(String),
 }

@@ -20,6 +20,22 @@ pub fn control_channel(prefix: &str) -> String {
     format!("{prefix}:control")
 }
 
+/// The channel of presence events (joins and leaves) between gateway
+/// nodes: outside the live pattern.
+pub fn presence_events_channel(prefix: &str) -> String {
+    format!("{prefix}:presence")
+}
+
+/// The stem of a channel's presence keys (`channel` is its log key).
+pub fn presence_key(prefix: &str, channel: &str) -> String {
+    format!("{prefix}:presence:{channel}")
+}
+
+/// The key of a user's or tenant's connections over the fleet.
+pub fn occupancy_key(prefix: &str, holder: &str, name: &str) -> String {
+    format!("{prefix}:occupancy:{holder}:{name}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,5 +49,6 @@ mod tests {
         assert!(channel.starts_with(&stem(live_pattern("sy"))));
         assert!(!channel.starts_with(&stem(live_pattern("s"))));
         assert!(!control_channel("sy").starts_with(&stem(live_pattern("sy"))));
+        assert!(!presence_events_channel("sy").starts_with(&stem(live_pattern("sy"))));
     }
 }

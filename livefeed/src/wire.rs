@@ -69,7 +69,12 @@ impl LiveKey {
 
 /// Encodes for Redis, authenticated when there is a key.
 pub fn encode_with(event: &LogEvent, epoch: &str, key: Option<&LiveKey>) -> Vec<u8> {
-    let body = encode(event, epoch);
+    seal(encode(event, epoch), key)
+}
+
+/// Authenticates any message body under `key` (`S1`, a 16-byte MAC, then the
+/// body); without a key the body goes as it is. Presence events use it too.
+pub fn seal(body: Vec<u8>, key: Option<&LiveKey>) -> Vec<u8> {
     let Some(key) = key else {
         return body;
     };
@@ -80,11 +85,11 @@ pub fn encode_with(event: &LogEvent, epoch: &str, key: Option<&LiveKey>) -> Vec<
     out
 }
 
-/// Decodes a Redis message; with a key, only messages authenticated with it
-/// are accepted ([`FeedError::Unauthenticated`] otherwise).
-pub fn decode_with(bytes: &[u8], key: Option<&LiveKey>) -> Result<(String, LogEvent), FeedError> {
+/// The body of a [`seal`]ed message; with a key, only a message
+/// authenticated with it ([`FeedError::Unauthenticated`] otherwise).
+pub fn open<'a>(bytes: &'a [u8], key: Option<&LiveKey>) -> Result<&'a [u8], FeedError> {
     let Some(key) = key else {
-        return decode(bytes);
+        return Ok(bytes);
     };
     let Some(rest) = bytes.strip_prefix(SIGNED.as_slice()) else {
         return Err(FeedError::Unauthenticated);
@@ -96,7 +101,13 @@ pub fn decode_with(bytes: &[u8], key: Option<&LiveKey>) -> Result<(String, LogEv
     key.mac(body)
         .verify_truncated_left(tag)
         .map_err(|_| FeedError::Unauthenticated)?;
-    decode(body)
+    Ok(body)
+}
+
+/// Decodes a Redis message; with a key, only messages authenticated with it
+/// are accepted ([`FeedError::Unauthenticated`] otherwise).
+pub fn decode_with(bytes: &[u8], key: Option<&LiveKey>) -> Result<(String, LogEvent), FeedError> {
+    decode(open(bytes, key)?)
 }
 
 /// Decodes a Redis message into the epoch it was stamped with and the event.

@@ -526,7 +526,10 @@ fn presence_is_opt_in_per_channel_in_json_and_yaml() {
     };
     let r = t.resolve_subscriber("Rooms", &ent);
     assert!(r[0].presence);
-    assert_eq!((r[0].name.as_str(), r[0].key.as_str()), ("Room-CHLT", "acme/C/Room-CHLT"));
+    assert_eq!(
+        (r[0].name.as_str(), r[0].key.as_str()),
+        ("Room-CHLT", "acme/C/Room-CHLT")
+    );
     assert!(!t.resolve_subscriber("Lobby", &ent)[0].presence);
     let yaml = "Hubs:\n  - Name: C\n    Channels:\n      - Name: Lobby\n        Topic: Lobby\n        Presence: true\n";
     let t = Topology::from_yaml_str(yaml, "t.yaml").unwrap();

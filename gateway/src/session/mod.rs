@@ -18,6 +18,7 @@ use crate::connections::Slot;
 use crate::error::RequestError;
 use crate::metrics as m;
 use crate::outbound::{self, Outbound, OutboundTx};
+use crate::presence::{Membership, PresenceChannel};
 use crate::protocol::{self, ErrorCode, Protocol, Reply, Request};
 use crate::subscribe::Planner;
 use crate::subscription::{Positions, SubSpec};
@@ -74,6 +75,10 @@ impl RateLimit {
 struct ActiveSub {
     id: u64,
     channels: Vec<i64>,
+    /// Whether the client asked for `join`/`leave` frames.
+    watch: bool,
+    /// Its place in the topic's presence channels (left when dropped).
+    _presence: Option<Membership>,
 }
 
 struct Session {
@@ -265,7 +270,13 @@ impl Session {
         };
         match req {
             Request::Ping { id } => self.send(Reply::Pong { id }).await,
-            Request::Subscribe { id, topic, cursor } => self.subscribe(id, topic, cursor).await,
+            Request::Subscribe {
+                id,
+                topic,
+                cursor,
+                presence,
+            } => self.subscribe(id, topic, cursor, presence).await,
+            Request::Presence { id, topic } => self.presence(id, &topic).await,
             Request::Unsubscribe { id, topic } => {
                 if let Some(s) = self.subs.remove(&topic) {
                     self.node.fanout.remove(&topic, s.id, false).await;
@@ -290,7 +301,7 @@ impl Session {
         }
     }
 
-    async fn subscribe(&mut self, id: u64, topic: String, cursor: Option<String>) {
+    async fn subscribe(&mut self, id: u64, topic: String, cursor: Option<String>, watch: bool) {
         if !self.subs.contains_key(&topic) && self.subs.len() >= self.node.cfg.max_subscriptions {
             self.error(
                 Some(id),
@@ -298,6 +309,14 @@ impl Session {
                 "too many subscriptions on this connection",
             )
             .await;
+            return;
+        }
+        let topology = self.node.topology.current();
+        if watch && topology.has_topic(&topic) && !topology.topic_has_presence(&topic) {
+            let message = format!(
+                "topic {topic} has no presence (no channel of it has Presence: true); subscribe without \"presence\""
+            );
+            self.error(Some(id), ErrorCode::BadRequest, &message).await;
             return;
         }
         let plan = self
@@ -311,7 +330,8 @@ impl Session {
                 return;
             }
         };
-        if let Some(old) = self.subs.remove(&topic) {
+        let old = self.subs.remove(&topic);
+        if let Some(old) = &old {
             self.node.fanout.remove(&topic, old.id, false).await;
         }
         self.send(Reply::Subscribed {
@@ -320,10 +340,73 @@ impl Session {
             recovered: plan.recovered,
         })
         .await;
-        self.start(topic, plan.channels, plan.positions).await;
+        self.start(topic, plan.channels, plan.positions, watch)
+            .await;
+        // The old membership goes after the new one exists: a resubscribe
+        // is no leave and join.
+        drop(old);
     }
 
-    async fn start(&mut self, topic: String, channels: Vec<i64>, positions: Positions) {
+    /// This connection's place in `topic`'s presence channels, if it has any.
+    fn membership(&self, topic: &str, watch: bool) -> Option<Membership> {
+        let topology = self.node.topology.current();
+        if !topology.topic_has_presence(topic) {
+            return None;
+        }
+        let channels =
+            PresenceChannel::of(topology.resolve_subscriber(topic, &self.identity.entitlements));
+        if channels.is_empty() {
+            return None;
+        }
+        Some(self.node.presence.enter(
+            channels,
+            self.identity.user.clone(),
+            self.identity.info.clone(),
+            watch.then(|| (self.tx.clone(), self.protocol)),
+        ))
+    }
+
+    /// Answers who is in the caller's presence channels of `topic`.
+    async fn presence(&self, id: u64, topic: &str) {
+        let topology = self.node.topology.current();
+        if !topology.has_topic(topic) {
+            let e = RequestError::UnknownTopic(topic.to_owned());
+            self.refuse(Some(id), "presence", &e).await;
+            return;
+        }
+        if !topology.topic_has_presence(topic) {
+            let message =
+                format!("topic {topic} has no presence (no channel of it has Presence: true)");
+            self.error(Some(id), ErrorCode::BadRequest, &message).await;
+            return;
+        }
+        let channels =
+            PresenceChannel::of(topology.resolve_subscriber(topic, &self.identity.entitlements));
+        if channels.is_empty() {
+            let e = RequestError::NoChannels(topic.to_owned());
+            self.refuse(Some(id), "presence", &e).await;
+            return;
+        }
+        match self.node.presence.read(&channels, true).await {
+            Ok(list) => {
+                self.send(Reply::Presence {
+                    id,
+                    topic,
+                    channels: &list,
+                })
+                .await
+            }
+            Err(message) => self.error(Some(id), ErrorCode::Internal, &message).await,
+        }
+    }
+
+    async fn start(
+        &mut self,
+        topic: String,
+        channels: Vec<i64>,
+        positions: Positions,
+        watch: bool,
+    ) {
         let sub_id = self.node.next_sub_id();
         let spec = SubSpec {
             id: sub_id,
@@ -335,11 +418,14 @@ impl Session {
             cancel: CancellationToken::new(),
             connection: self.connection.clone(),
         };
+        let presence = self.membership(&topic, watch);
         self.subs.insert(
             topic,
             ActiveSub {
                 id: sub_id,
                 channels,
+                watch,
+                _presence: presence,
             },
         );
         self.node.fanout.register(spec, positions).await;
@@ -383,6 +469,7 @@ impl Session {
             };
             let old_id = current.id;
             let old_channels = current.channels.clone();
+            let watch = current.watch;
             // Unchanged channels need no work (the common case on reload).
             match self.planner().channel_ids(&self.identity, &topic).await {
                 Ok(ids) if ids == old_channels => continue,
@@ -394,7 +481,8 @@ impl Session {
                 _ => {}
             }
             let positions = self.node.fanout.remove(&topic, old_id, true).await;
-            self.subs.remove(&topic);
+            // Kept until the new subscription (and its membership) exists.
+            let _old = self.subs.remove(&topic);
             let plan = self
                 .planner()
                 .plan(&self.identity, &topic, None, positions.as_deref())
@@ -402,13 +490,14 @@ impl Session {
             match plan {
                 Ok(plan) => {
                     tracing::debug!(topic, "subscription re-resolved");
-                    self.start(topic, plan.channels, plan.positions).await;
+                    self.start(topic, plan.channels, plan.positions, watch)
+                        .await;
                 }
                 Err(e @ RequestError::Log(_)) => {
                     // Keep delivering what the subscription had; try again.
                     e.log("re-resolve");
                     let positions = positions.unwrap_or_default();
-                    self.start(topic, old_channels, positions).await;
+                    self.start(topic, old_channels, positions, watch).await;
                     self.retry_reresolve();
                 }
                 Err(e) => {
@@ -438,6 +527,7 @@ fn request_id(r: &Request) -> u64 {
         | Request::Unsubscribe { id, .. }
         | Request::Publish { id, .. }
         | Request::Ping { id }
+        | Request::Presence { id, .. }
         | Request::Refresh { id, .. } => *id,
     }
 }
