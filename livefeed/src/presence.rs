@@ -29,7 +29,6 @@ use crate::naming::{presence_events_channel, presence_key};
 use crate::wire::{open, seal};
 use crate::{FeedError, Publisher};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The field of a user's hash holding their client info.
@@ -106,6 +105,41 @@ end
 return gone
 "#;
 
+const READ: &str = r#"
+local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[3])
+local users = redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf')
+local conns = 0
+local h = redis.call('HGETALL', KEYS[2])
+for i = 1, #h, 2 do
+  local e, c = string.match(h[i + 1], '^(%d+):(%d+)$')
+  if e and tonumber(e) > now then conns = conns + tonumber(c) end
+end
+local out = {users, conns}
+if limit > 0 then
+  local list = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'LIMIT', 0, limit)
+  for _, u in ipairs(list) do
+    local n = 0
+    local info = ''
+    local f = redis.call('HGETALL', ARGV[2] .. u)
+    for j = 1, #f, 2 do
+      if f[j] == '~info' then
+        info = f[j + 1]
+      else
+        local e, c = string.match(f[j + 1], '^(%d+):(%d+)$')
+        if e and tonumber(e) > now then n = n + tonumber(c) end
+      end
+    end
+    if n > 0 then
+      table.insert(out, u)
+      table.insert(out, n)
+      table.insert(out, info)
+    end
+  end
+end
+return out
+"#;
+
 /// Expired users removed per channel per sweep, at most (the next sweep
 /// takes the rest).
 const SWEEP_BATCH: usize = 1000;
@@ -180,13 +214,6 @@ pub struct HeldUser<'a> {
     pub user: &'a str,
     pub connections: usize,
     pub info: Option<&'a str>,
-}
-
-/// Parses `<expiry>:<count>`; `None` when expired or malformed.
-fn live_count(value: &str, now: u64) -> Option<u64> {
-    let (exp, count) = value.split_once(':')?;
-    let exp: u64 = exp.parse().ok()?;
-    (exp > now).then(|| count.parse().ok()).flatten()
 }
 
 /// A command that runs `script` (EVAL: Redis keeps the compiled script by
@@ -349,113 +376,87 @@ impl Publisher {
         pipe.query_async(&mut conn).await
     }
 
-    /// Counts of `channels` (log keys), without members: two commands per
-    /// channel in one round trip.
+    /// One channel's presence, read atomically by a script: counts, and up
+    /// to `limit` members with their connections and info.
+    fn presence_read_cmd(&self, channel: &str, limit: usize) -> redis::Cmd {
+        let base = self.presence_base(channel);
+        eval(
+            READ,
+            &[&users_key(&base), &nodes_key(&base)],
+            &[
+                &now_ms().to_string(),
+                &format!("{base}:u:"),
+                &limit.to_string(),
+            ],
+        )
+    }
+
+    /// Counts of `channels` (log keys), without members, in one round trip.
     pub async fn presence_counts(
         &self,
         channels: &[&str],
     ) -> redis::RedisResult<Vec<ChannelPresence>> {
-        let now = now_ms();
         let mut pipe = redis::pipe();
         for c in channels {
-            let base = self.presence_base(c);
-            pipe.zcount(users_key(&base), format!("({now}"), "+inf");
-            pipe.hvals(nodes_key(&base));
+            pipe.add_command(self.presence_read_cmd(c, 0));
         }
         let mut conn = self.conn.clone();
-        let raw: Vec<redis::Value> = pipe.query_async(&mut conn).await?;
-        let mut out = Vec::with_capacity(channels.len());
-        for pair in raw.chunks(2) {
-            let users: u64 = redis::from_redis_value(&pair[0])?;
-            let nodes: Vec<String> = redis::from_redis_value(&pair[1])?;
-            out.push(ChannelPresence {
-                users,
-                connections: nodes.iter().filter_map(|v| live_count(v, now)).sum(),
-                members: Vec::new(),
-                truncated: users > 0,
-            });
-        }
-        Ok(out)
+        let raw: Vec<Vec<redis::Value>> = pipe.query_async(&mut conn).await?;
+        raw.iter().map(|r| parse_read(r)).collect()
     }
 
     /// Presence of `channels` with up to `budget` members in all (each
-    /// channel takes what the previous left): counts, then the listed
-    /// members' connections and info — two round trips.
+    /// channel takes what the previous ones left), one atomic read per
+    /// channel: counts and members of a channel always agree.
     pub async fn presence_read(
         &self,
         channels: &[&str],
         budget: usize,
     ) -> redis::RedisResult<Vec<ChannelPresence>> {
-        let now = now_ms();
-        let mut out = self.presence_counts(channels).await?;
-        let mut pipe = redis::pipe();
+        let mut out = Vec::with_capacity(channels.len());
         let mut left = budget;
-        let mut asked = Vec::new();
-        for (c, p) in channels.iter().zip(&out) {
-            let take = left.min(p.users as usize);
-            left -= take;
-            asked.push(take);
-            if take > 0 {
-                pipe.cmd("ZRANGEBYSCORE")
-                    .arg(users_key(&self.presence_base(c)))
-                    .arg(format!("({now}"))
-                    .arg("+inf")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(take);
-            }
-        }
-        if asked.iter().all(|&n| n == 0) {
-            for p in &mut out {
-                p.truncated = p.users > 0;
-            }
-            return Ok(out);
-        }
         let mut conn = self.conn.clone();
-        let lists: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
-        let mut lists = lists.into_iter();
-        let mut pipe = redis::pipe();
-        let mut members: Vec<Vec<String>> = Vec::new();
-        for (c, take) in channels.iter().zip(&asked) {
-            let users = if *take > 0 {
-                lists.next().unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            let base = self.presence_base(c);
-            for u in &users {
-                pipe.hgetall(user_key(&base, u));
-            }
-            members.push(users);
-        }
-        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut conn).await?;
-        let mut hashes = hashes.into_iter();
-        for (p, users) in out.iter_mut().zip(members) {
-            for user in users {
-                let fields = hashes.next().unwrap_or_default();
-                let mut connections = 0;
-                let mut info = None;
-                for (f, v) in fields {
-                    if f == INFO_FIELD {
-                        info = Some(v);
-                    } else if let Some(n) = live_count(&v, now) {
-                        connections += n;
-                    }
-                }
-                // Between the two reads the user may have left.
-                if connections > 0 {
-                    p.members.push(Member {
-                        user,
-                        connections,
-                        info,
-                    });
-                }
-            }
-            p.members.sort_by(|a, b| a.user.cmp(&b.user));
-            p.truncated = (p.members.len() as u64) < p.users;
+        for c in channels {
+            let raw: Vec<redis::Value> = self
+                .presence_read_cmd(c, left)
+                .query_async(&mut conn)
+                .await?;
+            let p = parse_read(&raw)?;
+            left = left.saturating_sub(p.members.len());
+            out.push(p);
         }
         Ok(out)
     }
+}
+
+/// Parses the read script's answer: users, connections, then (user,
+/// connections, info) triples.
+fn parse_read(raw: &[redis::Value]) -> redis::RedisResult<ChannelPresence> {
+    let bad = || redis::RedisError::from((redis::ErrorKind::TypeError, "unexpected presence read"));
+    let (Some(users), Some(connections)) = (raw.first(), raw.get(1)) else {
+        return Err(bad());
+    };
+    let users: u64 = redis::from_redis_value(users)?;
+    let connections: u64 = redis::from_redis_value(connections)?;
+    let mut members = Vec::new();
+    for m in raw[2..].chunks(3) {
+        let [user, n, info] = m else {
+            return Err(bad());
+        };
+        let info: String = redis::from_redis_value(info)?;
+        members.push(Member {
+            user: redis::from_redis_value(user)?,
+            connections: redis::from_redis_value(n)?,
+            info: (!info.is_empty()).then_some(info),
+        });
+    }
+    members.sort_by(|a, b| a.user.cmp(&b.user));
+    Ok(ChannelPresence {
+        users,
+        connections,
+        truncated: (members.len() as u64) < users,
+        members,
+    })
 }
 
 #[cfg(test)]
@@ -483,10 +484,28 @@ mod tests {
     }
 
     #[test]
-    fn only_live_entries_count() {
-        assert_eq!(live_count("2000:3", 1000), Some(3));
-        assert_eq!(live_count("1000:3", 1000), None);
-        assert_eq!(live_count("x:3", 0), None);
-        assert_eq!(live_count("5", 0), None);
+    fn reads_parse_counts_and_members() {
+        use redis::Value as V;
+        let bs = |s: &str| V::BulkString(s.as_bytes().to_vec());
+        let p = parse_read(&[
+            V::Int(3),
+            V::Int(5),
+            bs("b"),
+            V::Int(2),
+            bs(""),
+            bs("a"),
+            V::Int(1),
+            bs(r#"{"n":1}"#),
+        ])
+        .unwrap();
+        assert_eq!((p.users, p.connections, p.truncated), (3, 5, true));
+        assert_eq!(p.members[0].user, "a");
+        assert_eq!(p.members[0].info.as_deref(), Some(r#"{"n":1}"#));
+        assert_eq!(
+            (p.members[1].connections, p.members[1].info.clone()),
+            (2, None)
+        );
+        assert!(parse_read(&[V::Int(1)]).is_err());
+        assert!(parse_read(&[V::Int(1), V::Int(1), bs("a")]).is_err());
     }
 }
