@@ -28,7 +28,7 @@ pub mod publisher;
 pub mod subscriber;
 pub mod wire;
 
-pub use control::{subscribe_control, Control};
+pub use control::{decode_control, encode_control, subscribe_control, Control, ControlRefusal};
 pub use naming::{control_channel, live_channel, live_pattern};
 pub use publisher::Publisher;
 pub use subscriber::{subscribe, LiveSink, SubscriberConfig};

@@ -21,7 +21,7 @@ pub struct Publisher {
     pub(crate) conn: ConnectionManager,
     pub(crate) prefix: String,
     epoch: String,
-    key: Option<LiveKey>,
+    pub(crate) key: Option<LiveKey>,
 }
 
 impl std::fmt::Debug for Publisher {
