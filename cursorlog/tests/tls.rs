@@ -116,13 +116,11 @@ async fn sslmode_require_against_a_server_without_tls_fails_clearly() {
     let base = format!("{}/postgres", pg.base_url());
     let e = connect(&format!("{base}?sslmode=require"))
         .await
-        .err()
-        .expect("require connected without TLS");
+        .expect_err("require connected without TLS");
     assert!(e.contains("TLS"), "{e}");
     let e = connect(&format!("{base}?sslmode=verify-full"))
         .await
-        .err()
-        .expect("verify-full connected without TLS");
+        .expect_err("verify-full connected without TLS");
     assert!(e.contains("TLS"), "{e}");
     for mode in ["disable", "prefer"] {
         let log = connect(&format!("{base}?sslmode={mode}")).await.unwrap();
@@ -163,8 +161,7 @@ async fn tls_to_postgresql_is_used_and_verify_full_checks_the_certificate() {
     // The system's roots do not know the test CA.
     let e = connect(&format!("{base}?sslmode=verify-full"))
         .await
-        .err()
-        .expect("an unknown CA was trusted");
+        .expect_err("an unknown CA was trusted");
     assert!(
         e.contains("TLS") && e.to_lowercase().contains("certificate"),
         "{e}"
@@ -178,8 +175,7 @@ async fn tls_to_postgresql_is_used_and_verify_full_checks_the_certificate() {
         other_ca.display()
     ))
     .await
-    .err()
-    .expect("a certificate of another CA was trusted");
+    .expect_err("a certificate of another CA was trusted");
     assert!(e.contains("TLS"), "{e}");
     let log = connect(&format!("{base}?sslmode=disable")).await.unwrap();
     assert!(!encrypted(&log).await);
@@ -201,8 +197,7 @@ async fn verify_full_checks_the_host_name() {
     );
     let e = connect(&url)
         .await
-        .err()
-        .expect("a certificate for another name was accepted");
+        .expect_err("a certificate for another name was accepted");
     assert!(e.contains("TLS"), "{e}");
     // require does not check names (libpq's meaning): it connects, encrypted.
     let url = format!(

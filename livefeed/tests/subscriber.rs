@@ -124,9 +124,7 @@ async fn a_rediss_url_against_a_server_without_tls_fails_clearly() {
     )
     .await
     .expect("connecting with TLS to a plain Redis hung");
-    let e = r
-        .err()
-        .expect("a TLS connection to a plain Redis succeeded");
+    let e = r.expect_err("a TLS connection to a plain Redis succeeded");
     let text = e.to_string();
     assert!(text.contains("SWITCHYARD_REDIS_URL"), "{text}");
     eprintln!("rediss:// against plain Redis: {text}");
