@@ -38,6 +38,12 @@ pub struct BridgeConfig {
     /// Events resolving to more channels go to the DLQ (`too_many_channels`):
     /// one event must not lock tens of thousands of channel rows.
     pub max_channels_per_event: usize,
+    /// Records whose Kafka timestamp is older than this go to the DLQ
+    /// (`expired`): their event may already have been swept from the log,
+    /// which is where duplicates are detected, so a re-read (e.g.
+    /// `auto.offset.reset=earliest` after a lost group) would deliver it
+    /// again as new. At most the minimum retention.
+    pub max_record_age: Duration,
     /// Largest record the DLQ producer sends (its `message.max.bytes`); a
     /// rejected record whose copy is larger goes to the DLQ as metadata only.
     pub dlq_max_bytes: usize,
@@ -106,6 +112,19 @@ impl BridgeConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        let store = StoreConfig::from_source(s, 8)?;
+        let retention_minutes = store.retention.as_secs() / 60;
+        let max_record_age_minutes: u64 =
+            s.parse_or("SWITCHYARD_MAX_RECORD_AGE_MINUTES", retention_minutes)?;
+        if max_record_age_minutes == 0 || max_record_age_minutes > retention_minutes {
+            return Err(ConfigError::Invalid {
+                var: "SWITCHYARD_MAX_RECORD_AGE_MINUTES".into(),
+                value: max_record_age_minutes.to_string(),
+                reason: format!(
+                    "use 1 to SWITCHYARD_RETENTION_MINUTES ({retention_minutes}): an older record's event may already be swept, and with it the record of its id that stops a re-delivery from being stored twice"
+                ),
+            });
+        }
         let dlq_max_bytes = match kafka_options.iter().find(|(k, _)| k == "message.max.bytes") {
             None => crate::dlq::DEFAULT_MESSAGE_MAX_BYTES,
             Some((_, v)) => v.parse().map_err(|_| ConfigError::Invalid {
@@ -137,7 +156,8 @@ impl BridgeConfig {
             });
         }
         Ok(BridgeConfig {
-            store: StoreConfig::from_source(s, 8)?,
+            store,
+            max_record_age: Duration::from_secs(60 * max_record_age_minutes),
             topology: PathBuf::from(s.required(
                 "SWITCHYARD_TOPOLOGY",
                 "the path of the topology file (JSON or YAML)",
@@ -190,6 +210,26 @@ mod tests {
         assert_eq!(c.kafka_heartbeat_interval, Duration::from_secs(2));
         assert_eq!(c.max_channels_per_event, 1000);
         assert_eq!(c.dlq_max_bytes, 1_000_000);
+    }
+
+    #[test]
+    fn records_may_not_outlive_the_minimum_retention() {
+        let c = BridgeConfig::from_source(&Source::from_map(base())).unwrap();
+        assert_eq!(c.max_record_age, Duration::from_secs(1440 * 60));
+        let mut v = base();
+        v.push(("SWITCHYARD_RETENTION_MINUTES", "60"));
+        v.push(("SWITCHYARD_MAX_RECORD_AGE_MINUTES", "30"));
+        let c = BridgeConfig::from_source(&Source::from_map(v.clone())).unwrap();
+        assert_eq!(c.max_record_age, Duration::from_secs(30 * 60));
+        for bad in ["61", "0"] {
+            let mut v = v.clone();
+            v.push(("SWITCHYARD_MAX_RECORD_AGE_MINUTES", bad));
+            let e = BridgeConfig::from_source(&Source::from_map(v)).unwrap_err();
+            assert!(
+                e.to_string().contains("SWITCHYARD_MAX_RECORD_AGE_MINUTES"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

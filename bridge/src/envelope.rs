@@ -91,14 +91,20 @@ pub fn decode(
             ),
         ));
     }
-    let json = header_content_type.is_some_and(is_json_header)
-        || value.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-    let ev = if json {
-        decode_json(value)?
-    } else {
-        decode_proto(value)?
-    };
-    validate(ev)
+    if header_content_type.is_some_and(is_json_header) {
+        return validate(decode_json(value)?);
+    }
+    // Without a header, a value starting with `{` is taken for JSON — but a
+    // protobuf event can start that way too (field 1's tag is `\n`, then
+    // the id's length: 123 is `{`), so one that is not JSON is tried as
+    // protobuf before it is rejected with the JSON diagnosis.
+    if value.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        return match decode_json(value) {
+            Ok(ev) => validate(ev),
+            Err(json_err) => decode_proto(value).and_then(validate).map_err(|_| json_err),
+        };
+    }
+    validate(decode_proto(value)?)
 }
 
 fn is_json_header(ct: &str) -> bool {
@@ -289,6 +295,27 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(r(&bad_json_payload.encode_to_vec()), "invalid_payload");
+    }
+
+    /// Found by the envelope fuzz target: a protobuf event whose bytes look
+    /// like JSON (a 123-byte id puts `\n{` first) was rejected as bad JSON.
+    #[test]
+    fn a_protobuf_event_that_starts_like_json_is_decoded() {
+        for id in ["x".repeat(123), format!("{{{}", "y".repeat(8))] {
+            let p = switchyard_proto::v1::Event {
+                id: id.clone(),
+                topic: "News".into(),
+                payload: Bytes::from_static(b"{}"),
+                ..Default::default()
+            };
+            let bytes = p.encode_to_vec();
+            assert_eq!(bytes.iter().find(|b| !b.is_ascii_whitespace()), Some(&b'{'));
+            let ev = decode(Some(&bytes), None, MAX).unwrap();
+            assert_eq!(ev.id, id);
+        }
+        // Broken JSON is still diagnosed as JSON.
+        let e = decode(Some(br#"{"id":"a","topic":"News""#), None, MAX).unwrap_err();
+        assert!(e.detail.contains("JSON"), "{}", e.detail);
     }
 
     proptest! {

@@ -67,6 +67,7 @@ pub(crate) const DLQ_REASONS: &[&str] = &[
     "invalid_scopes",
     "unknown_topic",
     "too_many_channels",
+    "expired",
     "storage_rejected",
 ];
 

@@ -307,7 +307,30 @@ impl Pipeline {
         let topology = self.topology.current();
         let mut rejected: Vec<(usize, Rejection)> = Vec::new();
         let mut resolved: Vec<Resolved> = Vec::new();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let max_age_ms = i64::try_from(self.cfg.max_record_age.as_millis()).unwrap_or(i64::MAX);
         for (i, msg) in batch.iter().enumerate() {
+            // Duplicates are detected against the log, which forgets an
+            // event when retention sweeps it: a record that old could be a
+            // re-delivery of one already delivered, and is not stored.
+            if let Some(ts) = msg.timestamp().to_millis() {
+                let age = now_ms.saturating_sub(ts);
+                if age > max_age_ms {
+                    m::consumed(&topology, None);
+                    rejected.push((
+                        i,
+                        Rejection::new(
+                            "expired",
+                            format!(
+                                "the record's Kafka timestamp is {} s old, past SWITCHYARD_MAX_RECORD_AGE_MINUTES ({} min): its event may already have left the log with retention, so it could be a duplicate of one clients received; re-publish it (with a fresh timestamp) if it must be delivered",
+                                age / 1000,
+                                max_age_ms / 60_000
+                            ),
+                        ),
+                    ));
+                    continue;
+                }
+            }
             let header_ct = content_type_header(msg);
             match envelope::decode(
                 msg.payload(),

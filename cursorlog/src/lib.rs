@@ -29,8 +29,11 @@ pub mod log;
 pub mod metrics;
 pub mod migrate;
 pub mod route;
+mod tls;
 
 pub use cursor::{Cursor, CursorError};
 pub use event::{Entry, LogEvent, NewEvent};
-pub use log::{AppendOutcome, ChannelHead, CursorLog, LogError, LogStats, PoolOptions, ReadPage};
+pub use log::{
+    AppendOutcome, ChannelHead, CursorLog, LogError, LogStats, PageLimit, PoolOptions, ReadPage,
+};
 pub use route::{Draft, Route};

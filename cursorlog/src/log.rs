@@ -15,7 +15,6 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 
 const LOCK_HEADS: &str = include_str!("sql/lock_heads.sql");
 const EXISTING_IDS: &str = include_str!("sql/existing_ids.sql");
@@ -34,9 +33,9 @@ const LOG_STATS: &str = include_str!("sql/log_stats.sql");
 pub enum LogError {
     #[error("invalid PostgreSQL URL: {0}")]
     Config(String),
-    #[error("PostgreSQL pool: {0}")]
+    #[error("PostgreSQL pool: {}", with_causes(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", with_causes(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("the log has no epoch; migrations did not run")]
     NoEpoch,
@@ -87,6 +86,23 @@ impl LogError {
     }
 }
 
+/// An error's message followed by those of its causes that it does not
+/// already include (tokio-postgres leaves out, e.g., why a TLS handshake
+/// failed).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// The SQLSTATEs that condemn the data rather than the database: class 22
 /// (data exception: a value too long, an invalid byte sequence, a number
 /// out of range) and class 23 (integrity constraint violation) except
@@ -132,13 +148,33 @@ pub struct ChannelHead {
     pub floor: Option<i64>,
 }
 
+/// How much one replay read may return: at most `rows` entries per channel
+/// and, across channels, rows whose payloads add up to about `bytes` (the
+/// first row always, however large).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit {
+    pub rows: i64,
+    pub bytes: i64,
+}
+
+impl PageLimit {
+    /// `rows` per channel, without a byte budget.
+    pub fn rows(rows: i64) -> Self {
+        PageLimit {
+            rows,
+            bytes: i64::MAX,
+        }
+    }
+}
+
 /// One page of a replay read.
 #[derive(Debug, Default)]
 pub struct ReadPage {
     /// `(channel, seq, event)` in per-channel sequence order, merged across
     /// channels by append order.
     pub rows: Vec<(i64, i64, Arc<LogEvent>)>,
-    /// Whether some channel hit the page limit (read again from the new positions).
+    /// Whether some channel hit the row limit or the byte budget cut the
+    /// page (read again from the new positions).
     pub more: bool,
 }
 
@@ -172,13 +208,18 @@ const CHANNEL_CACHE_MAX: usize = 1_000_000;
 impl CursorLog {
     /// Connects, applies migrations and loads the log epoch.
     pub async fn connect(url: &str, opts: PoolOptions) -> Result<CursorLog, LogError> {
+        let (url, tls) = crate::tls::split_url(url);
         let mut pg =
-            tokio_postgres::Config::from_str(url).map_err(|e| LogError::Config(e.to_string()))?;
+            tokio_postgres::Config::from_str(&url).map_err(|e| LogError::Config(e.to_string()))?;
+        let (mode, connector) = crate::tls::connector(&tls)?;
+        if let Some(mode) = mode {
+            pg.ssl_mode(mode);
+        }
         pg.connect_timeout(opts.connect_timeout);
         pg.application_name("switchyard");
         let mgr = Manager::from_config(
             pg,
-            NoTls,
+            connector,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -405,14 +446,17 @@ impl CursorLog {
     }
 
     /// Reads entries after `positions[i].1` in channel `positions[i].0`, at
-    /// most `limit` per channel and none past `upto` (when given for that
-    /// channel). Rows come in per-channel order, merged by append order.
+    /// most `limit.rows` per channel, none past `upto` (when given for that
+    /// channel), and cut in append order once the payloads pass
+    /// `limit.bytes` (each channel keeps a prefix; the first row always
+    /// comes). Rows come in per-channel order, merged by append order.
     pub async fn read_after(
         &self,
         positions: &[(i64, i64)],
         upto: Option<&[i64]>,
-        limit: i64,
+        limit: PageLimit,
     ) -> Result<ReadPage, LogError> {
+        let (limit, max_bytes) = (limit.rows.max(1), limit.bytes.max(1));
         if positions.is_empty() {
             return Ok(ReadPage::default());
         }
@@ -425,8 +469,9 @@ impl CursorLog {
         let client = self.pool.get().await?;
         let stmt = client.prepare_cached(READ_AFTER).await?;
         let rows = client
-            .query(&stmt, &[&chs, &afters, &uptos, &limit])
+            .query(&stmt, &[&chs, &afters, &uptos, &limit, &max_bytes])
             .await?;
+        let total: i64 = rows.first().map(|r| r.get(12)).unwrap_or(0);
         let mut by_pk: HashMap<i64, Arc<LogEvent>> = HashMap::new();
         let mut lists: BTreeMap<i64, Vec<(i64, i64, Arc<LogEvent>)>> = BTreeMap::new();
         for r in &rows {
@@ -456,7 +501,7 @@ impl CursorLog {
                 .clone();
             lists.entry(ch).or_default().push((pk, seq, ev));
         }
-        let more = lists.values().any(|l| l.len() as i64 >= limit);
+        let more = (rows.len() as i64) < total || lists.values().any(|l| l.len() as i64 >= limit);
         // k-way merge by append order (pk), keeping each list's own order.
         type Row = (i64, i64, Arc<LogEvent>);
         let mut queues: Vec<(i64, std::collections::VecDeque<Row>)> =

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashSet};
-use switchyard_cursorlog::{CursorLog, NewEvent, PoolOptions};
+use switchyard_cursorlog::{CursorLog, NewEvent, PageLimit, PoolOptions};
 use switchyard_testkit::Database;
 
 fn event(id: &str, channels: Vec<i64>, expires_in_secs: i64) -> NewEvent {
@@ -137,7 +137,10 @@ async fn replay_reads_follow_channel_order_and_dedupe_input() {
         .unwrap();
     assert!(again.appended.is_empty() && again.duplicates == ["3"]);
 
-    let page = log.read_after(&[(a, 0), (b, 0)], None, 100).await.unwrap();
+    let page = log
+        .read_after(&[(a, 0), (b, 0)], None, PageLimit::rows(100))
+        .await
+        .unwrap();
     let rows: Vec<(i64, i64, String)> = page
         .rows
         .iter()
@@ -156,10 +159,92 @@ async fn replay_reads_follow_channel_order_and_dedupe_input() {
     assert_eq!(two.seq_in(a), Some(2));
     assert_eq!(two.seq_in(b), Some(1));
     // Paging.
-    let p1 = log.read_after(&[(a, 0)], None, 1).await.unwrap();
+    let p1 = log
+        .read_after(&[(a, 0)], None, PageLimit::rows(1))
+        .await
+        .unwrap();
     assert!(p1.more);
-    let p2 = log.read_after(&[(a, 1)], Some(&[1]), 10).await.unwrap();
+    let p2 = log
+        .read_after(&[(a, 1)], Some(&[1]), PageLimit::rows(10))
+        .await
+        .unwrap();
     assert!(p2.rows.is_empty(), "upto bounds the read");
+}
+
+/// A page stops at its byte budget (in append order, each channel keeping
+/// a prefix of its entries), always returns at least one row however large,
+/// and says more is waiting; paging on from the new positions reads
+/// everything exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_is_bounded_in_bytes() {
+    let db = Database::create().await.unwrap();
+    let log = CursorLog::connect(&db.url, PoolOptions::default())
+        .await
+        .unwrap();
+    let ids = log
+        .channel_ids(&["B/1".to_owned(), "B/2".to_owned()])
+        .await
+        .unwrap();
+    let (a, b) = (ids[0], ids[1]);
+    // 20 events of 100 KiB, alternating between a, b and both.
+    let big = |i: usize| {
+        let chans = match i % 3 {
+            0 => vec![a],
+            1 => vec![b],
+            _ => vec![a, b],
+        };
+        NewEvent {
+            payload: Bytes::from(vec![b'x'; 100 * 1024]),
+            ..event(&format!("big{i}"), chans, 3600)
+        }
+    };
+    let events: Vec<NewEvent> = (0..20).map(big).collect();
+    log.append_batch(&events).await.unwrap();
+    let limit = PageLimit {
+        rows: 1000,
+        bytes: 300 * 1024,
+    };
+    let mut pos = vec![(a, 0i64), (b, 0i64)];
+    let mut seen: Vec<String> = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = log.read_after(&pos, None, limit).await.unwrap();
+        if page.rows.is_empty() {
+            break;
+        }
+        pages += 1;
+        let mut distinct: Vec<&str> = page.rows.iter().map(|r| r.2.event_id.as_str()).collect();
+        distinct.dedup();
+        // 300 KiB of budget: at most 3 payloads started before the cut, and
+        // the row that crosses it (an event in both channels counts twice).
+        let bytes: usize = page.rows.iter().map(|r| r.2.payload.len()).sum();
+        assert!(bytes <= 400 * 1024, "page of {bytes} bytes");
+        if pages == 1 {
+            assert!(page.more, "a cut page says more is waiting");
+        }
+        for (ch, seq, ev) in &page.rows {
+            let p = pos.iter_mut().find(|p| p.0 == *ch).unwrap();
+            assert_eq!(*seq, p.1 + 1, "each channel keeps a prefix");
+            p.1 = *seq;
+            if seen.last().map(String::as_str) != Some(ev.event_id.as_str()) {
+                seen.push(ev.event_id.clone());
+            }
+        }
+        assert!(pages < 40);
+    }
+    assert!(pages >= 6, "{pages} pages");
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 20, "{seen:?}");
+    // One row larger than the whole budget still comes, alone.
+    let tiny = PageLimit {
+        rows: 1000,
+        bytes: 1,
+    };
+    let page = log.read_after(&[(a, 0)], None, tiny).await.unwrap();
+    assert_eq!(page.rows.len(), 1);
+    assert!(page.more);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,7 +264,10 @@ async fn retention_removes_events_with_their_entries() {
     assert_eq!(log.sweep_expired(100).await.unwrap(), 2);
     let h = log.heads(&[ch]).await.unwrap()[0];
     assert_eq!((h.head, h.floor), (3, Some(3)));
-    let page = log.read_after(&[(ch, 0)], None, 100).await.unwrap();
+    let page = log
+        .read_after(&[(ch, 0)], None, PageLimit::rows(100))
+        .await
+        .unwrap();
     let ids: HashSet<_> = page.rows.iter().map(|r| r.2.event_id.clone()).collect();
     assert_eq!(ids, HashSet::from(["new".to_owned()]));
 }

@@ -456,7 +456,7 @@ async fn history(req: &Request<Incoming>, node: &Node) -> Response<Body> {
         planner.cursors,
         &mut positions,
         user.as_deref(),
-        node.cfg.replay_page,
+        node.cfg.page_limit(),
         limit,
     )
     .await

@@ -40,7 +40,8 @@ pub struct CatchupContext {
     pub cursors: CursorCodec,
     /// Bounds concurrent page reads against PostgreSQL.
     pub read_permits: Semaphore,
-    pub replay_page: i64,
+    /// Rows per channel and bytes per replay read.
+    pub replay_page: switchyard_cursorlog::PageLimit,
     /// How long a client's full queue may block delivery before the
     /// connection is closed.
     pub stall_timeout: Duration,

@@ -43,12 +43,19 @@ pub struct GatewayConfig {
     /// Client frames per second (token bucket refill) and burst.
     pub rate_per_sec: u32,
     pub rate_burst: u32,
+    /// WebSocket pings answered per second (token bucket refill) and burst;
+    /// past them the connection is closed with 1008.
+    pub ping_rate_per_sec: u32,
+    pub ping_burst: u32,
     /// Window over which drain spreads reconnect delays.
     pub drain: Duration,
     /// Period of the head check that heals lost Redis publishes.
     pub head_check: Duration,
-    /// Rows per replay read.
+    /// Rows per replay read (per channel).
     pub replay_page: i64,
+    /// Bytes of payload per replay read, and per long-poll or history
+    /// answer (the first message always goes, however large).
+    pub replay_page_bytes: i64,
     /// Concurrent catch-up reads against PostgreSQL.
     pub catchup_concurrency: usize,
     /// Largest payload a client may publish.
@@ -67,6 +74,11 @@ pub struct GatewayConfig {
     pub tcp_keepalive: Duration,
     /// Concurrent long-polls on this node.
     pub max_polls: usize,
+    /// Concurrent long-polls of one user on this node (0: no limit).
+    pub max_polls_per_user: usize,
+    /// Concurrent long-poll reads against PostgreSQL: the polls' share of
+    /// the pool, below its size so catch-up always has connections.
+    pub poll_read_concurrency: usize,
     /// Signs and checks cursors (`SWITCHYARD_CURSOR_KEY`, or derived from
     /// the HS256 secret); `None`: cursors are unsigned.
     pub cursor_key: Option<CursorKey>,
@@ -92,6 +104,14 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// How much one replay read may return.
+    pub fn page_limit(&self) -> switchyard_cursorlog::PageLimit {
+        switchyard_cursorlog::PageLimit {
+            rows: self.replay_page.max(1),
+            bytes: self.replay_page_bytes.max(1),
+        }
+    }
+
     /// The token settings, for [`crate::auth::Authenticator::from_config`].
     pub fn auth(&self) -> crate::auth::AuthConfig {
         crate::auth::AuthConfig {
@@ -208,6 +228,24 @@ impl GatewayConfig {
                 });
             }
         }
+        let store = StoreConfig::from_source(s, 16)?;
+        let poll_read_concurrency: usize = s.parse_or(
+            "SWITCHYARD_POLL_READ_CONCURRENCY",
+            (store.pg_pool_size / 4).max(1),
+        )?;
+        if poll_read_concurrency == 0
+            || (store.pg_pool_size > 1 && poll_read_concurrency >= store.pg_pool_size)
+        {
+            return Err(ConfigError::Invalid {
+                var: "SWITCHYARD_POLL_READ_CONCURRENCY".into(),
+                value: poll_read_concurrency.to_string(),
+                reason: format!(
+                    "use 1 to {} (below SWITCHYARD_PG_POOL_SIZE={}, so catch-ups keep connections)",
+                    store.pg_pool_size.saturating_sub(1).max(1),
+                    store.pg_pool_size
+                ),
+            });
+        }
         let publish_rate_window =
             Duration::from_secs(s.parse_or("SWITCHYARD_PUBLISH_RATE_WINDOW_SECONDS", 60u64)?);
         if publish_rate_window.is_zero() {
@@ -243,7 +281,7 @@ impl GatewayConfig {
             max_tenant_connections: s.parse_or("SWITCHYARD_MAX_TENANT_CONNECTIONS", 0)?,
             publish_rate_per_user: s.parse_or("SWITCHYARD_PUBLISH_RATE_PER_USER", 0)?,
             publish_rate_window,
-            store: StoreConfig::from_source(s, 16)?,
+            store,
             topology: PathBuf::from(s.required(
                 "SWITCHYARD_TOPOLOGY",
                 "the path of the topology file (JSON or YAML)",
@@ -263,9 +301,12 @@ impl GatewayConfig {
             max_subscriptions: s.parse_or("SWITCHYARD_MAX_SUBSCRIPTIONS", 64)?,
             rate_per_sec: s.parse_or("SWITCHYARD_CLIENT_RATE", 50)?,
             rate_burst: s.parse_or("SWITCHYARD_CLIENT_BURST", 200)?,
+            ping_rate_per_sec: s.parse_or("SWITCHYARD_PING_RATE", 2)?,
+            ping_burst: s.parse_or("SWITCHYARD_PING_BURST", 10)?,
             drain: Duration::from_secs(s.parse_or("SWITCHYARD_DRAIN_SECONDS", 20)?),
             head_check: s.millis_or("SWITCHYARD_HEAD_CHECK_MS", 2000)?,
             replay_page: s.parse_or("SWITCHYARD_REPLAY_PAGE", 1000)?,
+            replay_page_bytes: s.parse_or("SWITCHYARD_REPLAY_PAGE_BYTES", 1024 * 1024)?,
             catchup_concurrency: s.parse_or("SWITCHYARD_CATCHUP_CONCURRENCY", 32)?,
             max_publish_bytes: s.parse_or("SWITCHYARD_MAX_PUBLISH_BYTES", 32 * 1024)?,
             outbound_bytes: s.parse_or("SWITCHYARD_OUTBOUND_QUEUE_BYTES", 4 * 1024 * 1024)?,
@@ -274,6 +315,8 @@ impl GatewayConfig {
             header_timeout: s.millis_or("SWITCHYARD_HEADER_TIMEOUT_MS", 10_000)?,
             tcp_keepalive: Duration::from_secs(s.parse_or("SWITCHYARD_TCP_KEEPALIVE_SECONDS", 60)?),
             max_polls: s.parse_or("SWITCHYARD_MAX_POLLS", 2_000)?,
+            max_polls_per_user: s.parse_or("SWITCHYARD_MAX_POLLS_PER_USER", 4)?,
+            poll_read_concurrency,
             cursor_key,
         })
     }
@@ -317,6 +360,25 @@ mod tests {
             v.push((var, value));
             let e = GatewayConfig::from_source(&Source::from_map(v)).unwrap_err();
             assert!(e.to_string().contains(var), "{e}");
+        }
+    }
+
+    #[test]
+    fn polls_get_a_share_of_the_pool_below_its_size() {
+        let c = GatewayConfig::from_source(&Source::from_map(base())).unwrap();
+        assert_eq!((c.max_polls_per_user, c.poll_read_concurrency), (4, 4));
+        let mut v = base();
+        v.push(("SWITCHYARD_PG_POOL_SIZE", "4"));
+        let c = GatewayConfig::from_source(&Source::from_map(v.clone())).unwrap();
+        assert_eq!(c.poll_read_concurrency, 1);
+        for bad in ["4", "0", "many"] {
+            let mut v = v.clone();
+            v.push(("SWITCHYARD_POLL_READ_CONCURRENCY", bad));
+            let e = GatewayConfig::from_source(&Source::from_map(v)).unwrap_err();
+            assert!(
+                e.to_string().contains("SWITCHYARD_POLL_READ_CONCURRENCY"),
+                "{bad}: {e}"
+            );
         }
     }
 

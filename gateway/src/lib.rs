@@ -94,6 +94,9 @@ pub struct Node {
     pub(crate) feed: Arc<livefeed::FeedState>,
     pub(crate) wakers: Arc<wakers::ChannelWakers>,
     pub(crate) poll_slots: Semaphore,
+    pub(crate) polls_per_user: poll::PollsPerUser,
+    /// Long-polls' share of the PostgreSQL pool (reads only).
+    pub(crate) poll_reads: Semaphore,
     pub(crate) cursors: CursorCodec,
     pub(crate) draining: AtomicBool,
     /// Last readiness check (refreshed in the background, so a flood of
@@ -254,7 +257,7 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
         cursors: cursors.clone(),
         log: log.clone(),
         read_permits: Semaphore::new(cfg.catchup_concurrency.max(1)),
-        replay_page: cfg.replay_page.max(1),
+        replay_page: cfg.page_limit(),
         stall_timeout: cfg.stall_timeout,
     });
     let fanout = fanout::Fanout::start(
@@ -298,6 +301,8 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
         feed: feed.clone(),
         wakers: wakers.clone(),
         poll_slots: Semaphore::new(cfg.max_polls.max(1)),
+        polls_per_user: poll::PollsPerUser::new(cfg.max_polls_per_user),
+        poll_reads: Semaphore::new(cfg.poll_read_concurrency.max(1)),
         cursors,
         draining: AtomicBool::new(false),
         readiness: RwLock::new(Err("starting".into())),
@@ -314,7 +319,7 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
             redis_url: cfg.store.redis_url.clone(),
             pattern: switchyard_livefeed::live_pattern(&cfg.store.redis_prefix),
             epoch: log.epoch().to_owned(),
-            key: live_key,
+            key: live_key.clone(),
         },
         fanout,
         feed,
@@ -348,6 +353,7 @@ pub async fn start(cfg: GatewayConfig) -> anyhow::Result<Running> {
     tasks.spawn(switchyard_livefeed::subscribe_control(
         cfg.store.redis_url.clone(),
         cfg.store.redis_prefix.clone(),
+        live_key,
         move |control| match control {
             switchyard_livefeed::Control::Disconnect { user } => {
                 let n = registry.disconnect(&user);

@@ -28,6 +28,7 @@ pub(crate) const CATCHUPS_QUEUED: &str = "switchyard_gateway_catchups_queued";
 pub(crate) const DRAINING: &str = "switchyard_gateway_draining";
 pub(crate) const RETRIES: &str = "switchyard_gateway_retries_total";
 pub(crate) const STALLED_CLOSES: &str = "switchyard_gateway_stalled_client_closes_total";
+pub(crate) const PING_FLOOD_CLOSES: &str = "switchyard_gateway_ping_flood_closes_total";
 pub(crate) const POLL_WAKEUPS: &str = "switchyard_gateway_poll_wakeups_total";
 pub(crate) const BACKFILL_FAILURES: &str = "switchyard_gateway_backfill_failures_total";
 pub(crate) const API_REQUESTS: &str = "switchyard_gateway_api_requests_total";
@@ -109,6 +110,11 @@ const GATEWAY: &[Metric] = &[
         STALLED_CLOSES,
         "Connections closed because the client's queue stayed full (queue) or its socket took no bytes (socket) for SWITCHYARD_CLIENT_STALL_MS.",
         &[Label::fixed("where", &["queue", "socket"])],
+    ),
+    Metric::counter(
+        PING_FLOOD_CLOSES,
+        "Connections closed with 1008 for pinging faster than SWITCHYARD_PING_RATE/SWITCHYARD_PING_BURST.",
+        &[],
     ),
     Metric::counter(
         AUTH_FAILURES,

@@ -8,8 +8,13 @@
 //! - The same replay rules as a WebSocket catch-up
 //!   ([`crate::replay::plan_page`]), so the guarantees (complete, once,
 //!   ordered, scoped) hold across both transports and a client may switch.
-//! - At most `max_polls` requests wait on a node at once; the rest are
-//!   refused with 503 before touching PostgreSQL.
+//! - At most `max_polls` requests wait on a node at once, and at most
+//!   `max_polls_per_user` of one user; the rest are refused (503, 429
+//!   `rate_limited`) before touching PostgreSQL.
+//! - Polls read PostgreSQL only under a `read_permits` permit, a share
+//!   sized below the connection pool: however many polls run, catch-ups and
+//!   backfills always find connections. The permit covers a read, never the
+//!   wait for the next event.
 
 use crate::auth::Authenticator;
 use crate::error::RequestError;
@@ -21,7 +26,8 @@ use crate::wakers::ChannelWakers;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -36,7 +42,10 @@ pub(crate) struct PollContext<'a> {
     pub(crate) planner: Planner<'a>,
     pub(crate) wakers: &'a Arc<ChannelWakers>,
     pub(crate) slots: &'a Semaphore,
-    pub(crate) replay_page: i64,
+    pub(crate) per_user: &'a PollsPerUser,
+    /// The polls' share of the PostgreSQL pool.
+    pub(crate) read_permits: &'a Semaphore,
+    pub(crate) replay_page: switchyard_cursorlog::PageLimit,
     /// Longest wait between two reads of the log.
     pub(crate) recheck: Duration,
     pub(crate) drain: CancellationToken,
@@ -55,10 +64,70 @@ fn refuse(e: RequestError) -> Response<Body> {
     json_error(status_of(&e), e.code().as_str(), &e.to_string())
 }
 
+/// Long-polls each user holds on this node, against a cap.
+#[derive(Debug)]
+pub(crate) struct PollsPerUser {
+    limit: usize,
+    held: Mutex<HashMap<Arc<str>, usize>>,
+}
+
+/// One of a user's polls; released on drop.
+#[derive(Debug)]
+pub(crate) struct UserPoll<'a> {
+    owner: &'a PollsPerUser,
+    user: Arc<str>,
+}
+
+impl PollsPerUser {
+    /// At most `limit` polls per user (0: no limit).
+    pub(crate) fn new(limit: usize) -> Self {
+        PollsPerUser {
+            limit,
+            held: Mutex::default(),
+        }
+    }
+
+    /// A poll for `user`, or `None` when the user already holds `limit`.
+    pub(crate) fn try_take(&self, user: &str) -> Option<UserPoll<'_>> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let user: Arc<str> = match held.get_key_value(user) {
+            Some((k, n)) => {
+                if self.limit > 0 && *n >= self.limit {
+                    return None;
+                }
+                k.clone()
+            }
+            None => user.into(),
+        };
+        *held.entry(user.clone()).or_insert(0) += 1;
+        Some(UserPoll { owner: self, user })
+    }
+}
+
+impl Drop for UserPoll<'_> {
+    fn drop(&mut self) {
+        let mut held = self.owner.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&*self.user) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&*self.user);
+            }
+        }
+    }
+}
+
 pub(crate) async fn handle(req: Request<Incoming>, ctx: PollContext<'_>) -> Response<Body> {
     let identity = match authenticate(ctx.auth, &req) {
         Ok(i) => i,
         Err(resp) => return *resp,
+    };
+    let Some(_user_slot) = ctx.per_user.try_take(&identity.user) else {
+        metrics::counter!(m::CLIENT_ERRORS, "code" => "rate_limited").increment(1);
+        return json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many long-polls of this user on this node (SWITCHYARD_MAX_POLLS_PER_USER); finish one first",
+        );
     };
     let Ok(_slot) = ctx.slots.try_acquire() else {
         metrics::counter!(m::CLIENT_ERRORS, "code" => "rate_limited").increment(1);
@@ -91,13 +160,18 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: PollContext<'_>) -> Resp
     // A poll does not outlive its token.
     let token_left = identity.exp.saturating_sub(now_secs()).saturating_mul(1000);
     let timeout_ms = timeout_ms.min(token_left);
-    let plan = match ctx
-        .planner
-        .plan(&identity, &topic, cursor.as_deref(), None)
-        .await
-    {
-        Ok(p) => p,
-        Err(e) => return refuse(e),
+    let plan = {
+        let Ok(_read) = ctx.read_permits.acquire().await else {
+            return refuse(RequestError::NotStored);
+        };
+        match ctx
+            .planner
+            .plan(&identity, &topic, cursor.as_deref(), None)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return refuse(e),
+        }
     };
     let log = ctx.planner.log;
     let watch = ctx.wakers.watch(&plan.channels);
@@ -106,7 +180,10 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: PollContext<'_>) -> Resp
     let mut messages: Vec<Bytes>;
     loop {
         let user = Some(&*identity.user);
-        messages = match read_messages(
+        let Ok(read) = ctx.read_permits.acquire().await else {
+            return refuse(RequestError::NotStored);
+        };
+        let page = read_messages(
             log,
             ctx.planner.cursors,
             &mut positions,
@@ -114,8 +191,9 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: PollContext<'_>) -> Resp
             ctx.replay_page,
             MAX_MESSAGES,
         )
-        .await
-        {
+        .await;
+        drop(read);
+        messages = match page {
             Ok((m, _)) => m,
             Err(e) => return refuse(RequestError::Log(e)),
         };

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use switchyard_cursorlog::cursor::CursorCodec;
-use switchyard_cursorlog::{CursorLog, LogError, LogEvent};
+use switchyard_cursorlog::{CursorLog, LogError, LogEvent, PageLimit};
 
 /// What to do, in order.
 #[derive(Debug, Clone)]
@@ -107,19 +107,21 @@ pub(crate) fn plan_page(
 
 /// Reads the log after `positions` for a stateless reader (long-poll,
 /// server API history): the messages `user` may see, encoded in JSON with
-/// their cursors, at most `max` of them. `positions` advance past what was
+/// their cursors, at most `max` of them and, past the first, no more than
+/// `limit.bytes` of encoded messages. `positions` advance past what was
 /// returned (and what was skipped); the flag says more is waiting.
 pub(crate) async fn read_messages(
     log: &CursorLog,
     cursors: &CursorCodec,
     positions: &mut [(i64, i64)],
     user: Option<&str>,
-    page_rows: i64,
+    limit: PageLimit,
     max: usize,
 ) -> Result<(Vec<Bytes>, bool), LogError> {
     let mut messages: Vec<Bytes> = Vec::new();
+    let mut bytes: i64 = 0;
     loop {
-        let page = log.read_after(positions, None, page_rows).await?;
+        let page = log.read_after(positions, None, limit).await?;
         let mut pos: HashMap<i64, i64> = positions.iter().copied().collect();
         let actions = plan_page(&page.rows, &mut pos);
         let progressed = !actions.is_empty();
@@ -135,7 +137,7 @@ pub(crate) async fn read_messages(
                     earlier,
                 } => (event, fresh, earlier),
             };
-            if messages.len() >= max {
+            if messages.len() >= max || bytes >= limit.bytes {
                 // The positions stay before this event: the next read
                 // starts here.
                 return Ok((messages, true));
@@ -149,7 +151,9 @@ pub(crate) async fn read_messages(
                 continue;
             }
             let cursor = cursors.encode(positions.iter().copied());
-            messages.push(protocol::encode_message(Protocol::Json, &event, &cursor));
+            let message = protocol::encode_message(Protocol::Json, &event, &cursor);
+            bytes = bytes.saturating_add(message.len() as i64);
+            messages.push(message);
         }
         if !progressed || !page.more {
             return Ok((messages, false));

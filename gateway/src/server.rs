@@ -105,7 +105,9 @@ async fn route(
                 planner: node.planner(),
                 wakers: &node.wakers,
                 slots: &node.poll_slots,
-                replay_page: node.cfg.replay_page,
+                per_user: &node.polls_per_user,
+                read_permits: &node.poll_reads,
+                replay_page: node.cfg.page_limit(),
                 recheck: node.cfg.head_check,
                 drain,
             };

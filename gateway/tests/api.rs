@@ -376,3 +376,55 @@ async fn quotas_refuse_connections_and_publishes() {
         1.0
     );
 }
+
+/// With `SWITCHYARD_LIVE_KEY`, the control channel between nodes is
+/// authenticated too: a `disconnect` forged on Redis (by whoever can publish
+/// there without the key) disconnects no one, while the server API's own
+/// disconnect still closes the user on the other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_disconnect_on_redis_disconnects_no_one() {
+    let s = stack(
+        2,
+        &[("SWITCHYARD_LIVE_KEY", "live-key-for-tests-0123456789abcdef")],
+    )
+    .await;
+    let mut a1 = Client::connect(&s.gateway(1).ws_url(), &token("alice", &["Sfc"], &[], 600))
+        .await
+        .unwrap();
+    // The attacker publishes on the fleet's control channel without the key.
+    let attacker = switchyard_livefeed::Publisher::connect(&s.redis_url, &s.prefix, "any", None)
+        .await
+        .unwrap();
+    let forged = switchyard_livefeed::Control::Disconnect {
+        user: "alice".into(),
+    };
+    attacker.publish_control(&forged).await.unwrap();
+    a1.expect_silence(Duration::from_millis(1500))
+        .await
+        .unwrap();
+    let id = a1.request(json!({"type": "ping"})).await.unwrap();
+    assert_eq!(a1.reply(id, T).await.unwrap()["type"], "pong");
+    let (_, text) = http_get(s.gateway(1).admin, "/metrics").unwrap();
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("switchyard_gateway_control_refused_total") && !l.ends_with(" 0")
+        ),
+        "the forged order was not counted"
+    );
+    // The server API, on the other node, still reaches alice on node 1.
+    let (status, body) = api(
+        &s,
+        0,
+        "POST",
+        "/v1/disconnect",
+        Some(json!({"user": "alice"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let f = a1.next_frame(T).await.unwrap();
+    assert_eq!(
+        (f["type"].as_str(), f["code"].as_u64()),
+        (Some("__close"), Some(4003)),
+        "{f}"
+    );
+}

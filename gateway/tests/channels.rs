@@ -248,3 +248,49 @@ async fn ephemeral_channels_deliver_live_and_store_nothing() {
         .await
         .unwrap();
 }
+
+/// Finding 9: a token refresh while PostgreSQL is down (the new
+/// entitlements need a channel id the node has not resolved) keeps the
+/// subscription running as it was, and the node re-resolves once the
+/// database is back: the gained channel joins and the old one never stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_during_a_database_outage_keeps_the_subscription_and_retries() {
+    switchyard_testkit::require_servers();
+    let dir = switchyard_testkit::scratch_dir("pg-refresh");
+    let pg = switchyard_testkit::PgServer::start(&dir).unwrap();
+    let s = switchyard_testkit::Stack::start(switchyard_testkit::StackOptions {
+        gateways: 1,
+        pg_base: Some(pg.base_url()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut c = Client::connect(&s.gateway(0).ws_url(), &token("blip", &["CHLT"], &[], 600))
+        .await
+        .unwrap();
+    c.subscribe("News", None).await.unwrap();
+    s.produce(&[news("b1", &["CHLT"], 1)]).await.unwrap();
+    assert_eq!(ids(&c.messages(1, T).await.unwrap()), ["b1"]);
+
+    pg.stop();
+    let id = c
+        .request(json!({"type": "refresh", "token": token("blip", &["CHLT", "Sfc"], &[], 600)}))
+        .await
+        .unwrap();
+    let reply = c.reply(id, T).await.unwrap();
+    assert_eq!(reply["type"], "refreshed", "{reply}");
+    // Nothing ends the subscription while the database is away.
+    c.expect_silence(Duration::from_secs(3)).await.unwrap();
+
+    pg.resume().unwrap();
+    // The retried re-resolution adds Sfc (its lookback brings b2 once it is
+    // stored); CHLT goes on.
+    s.produce(&[news("b2", &["Sfc"], 2)]).await.unwrap();
+    let got = c.messages(1, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(ids(&got), ["b2"], "the gained channel did not join");
+    s.produce(&[news("b3", &["CHLT"], 3), news("b4", &["Sfc"], 4)])
+        .await
+        .unwrap();
+    assert_eq!(ids(&c.messages(2, T).await.unwrap()), ["b3", "b4"]);
+    c.expect_silence(Duration::from_millis(800)).await.unwrap();
+}

@@ -413,3 +413,194 @@ async fn long_polls_past_the_node_cap_are_refused() {
     .unwrap();
     assert_eq!(code, 200);
 }
+
+/// Pings are answered within `SWITCHYARD_PING_RATE`/`SWITCHYARD_PING_BURST`;
+/// a client flooding pings is closed with 1008 instead of making the node
+/// write a pong per ping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_is_closed_with_policy_violation() {
+    use tokio_tungstenite::tungstenite::Message;
+    let s = stack(&[
+        ("SWITCHYARD_PING_RATE", "2"),
+        ("SWITCHYARD_PING_BURST", "5"),
+    ])
+    .await;
+    let mut c = Client::connect(&s.gateway(0).ws_url(), &token("pinger", &["Sfc"], &[], 600))
+        .await
+        .unwrap();
+    // Within the burst: every ping is answered and the connection stays.
+    for _ in 0..3 {
+        c.send_raw(Message::Ping(b"hi".to_vec().into()))
+            .await
+            .unwrap();
+    }
+    let r = c.subscribe("News", None).await.unwrap();
+    assert_eq!(r["type"], "subscribed", "{r}");
+    assert_eq!(c.pongs, 3, "pings within the limit were not all answered");
+    // A flood: closed with 1008, having written far fewer pongs than pings.
+    let flood = 500;
+    for _ in 0..flood {
+        if c.send_raw(Message::Ping(b"flood".to_vec().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let close = loop {
+        let v = c.next_frame(T).await.unwrap();
+        if v["type"] == "__close" {
+            break v;
+        }
+    };
+    assert_eq!(close["code"], 1008, "{close}");
+    assert!(c.pongs < 3 + 10, "{} pongs for {flood} pings", c.pongs);
+    assert!(metric(&s, "switchyard_gateway_ping_flood_closes_total") >= 1.0);
+}
+
+/// A replay page is bounded in bytes, not only rows: with 100 KiB payloads
+/// and a 250 KB budget, a long-poll answers a few messages at a time (the
+/// first always), and polling on with the returned cursors gets every event
+/// once and in order. A WebSocket catch-up over the same backlog completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_pages_are_bounded_in_bytes() {
+    let s = stack(&[("SWITCHYARD_REPLAY_PAGE_BYTES", "250000")]).await;
+    let n = 12;
+    let cursor = backlog(&s, n, 100 * 1024).await;
+    let tok = token("bytes", &["Sfc"], &[], 600);
+    let addr = s.gateway(0).listen;
+    let mut cursor_now = cursor.clone();
+    let mut got: Vec<u64> = Vec::new();
+    let mut polls = 0;
+    while got.len() < n as usize {
+        polls += 1;
+        assert!(polls <= 2 * n, "no progress: {got:?}");
+        let (code, body) = http_get(
+            addr,
+            &format!("/v1/poll?topic=News&timeout_ms=0&access_token={tok}&cursor={cursor_now}"),
+        )
+        .unwrap();
+        assert_eq!(code, 200, "{body}");
+        assert!(body.len() < 600_000, "a poll answered {} bytes", body.len());
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let msgs = v["messages"].as_array().unwrap();
+        assert!(!msgs.is_empty(), "an empty answer with a backlog waiting");
+        assert!(
+            msgs.len() <= 3,
+            "{} messages of 100 KiB in one answer",
+            msgs.len()
+        );
+        got.extend(msgs.iter().map(|m| m["payload"]["n"].as_u64().unwrap()));
+        cursor_now = v["cursor"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(got, (1..=n).collect::<Vec<_>>());
+    assert!(polls >= 4, "{polls} polls");
+    let mut c = Client::connect(&s.gateway(0).ws_url(), &tok).await.unwrap();
+    let r = c.subscribe("News", Some(&cursor)).await.unwrap();
+    assert_eq!(r["recovered"], true, "{r}");
+    let msgs = c.messages(n as usize, T).await.unwrap();
+    let ns: Vec<u64> = msgs
+        .iter()
+        .map(|m| m["payload"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, (1..=n).collect::<Vec<_>>());
+}
+
+/// Past `SWITCHYARD_MAX_POLLS_PER_USER` waiting long-polls of one user, the
+/// next one of that user is refused at once (429 `rate_limited`); another
+/// user still polls, and the user polls again once one of theirs ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_past_the_user_cap_are_refused() {
+    let s = stack(&[("SWITCHYARD_MAX_POLLS_PER_USER", "2")]).await;
+    let addr = s.gateway(0).listen;
+    let tok = token("greedy", &["Sfc"], &[], 600);
+    let path = format!("/v1/poll?topic=News&timeout_ms=4000&access_token={tok}");
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || http_get(addr, &path).unwrap())
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (code, body) = http_get(addr, &path).unwrap();
+    assert_eq!(code, 429, "{body}");
+    assert!(body.contains("rate_limited"), "{body}");
+    let other = token("modest", &["Sfc"], &[], 600);
+    let (code, body) = http_get(
+        addr,
+        &format!("/v1/poll?topic=News&timeout_ms=0&access_token={other}"),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "another user is not limited: {body}");
+    for w in waiting {
+        assert_eq!(w.await.unwrap().0, 200);
+    }
+    let (code, body) = http_get(
+        addr,
+        &format!("/v1/poll?topic=News&timeout_ms=0&access_token={tok}"),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "the user's slots are free again: {body}");
+}
+
+/// A flood of long-polls that all read a large backlog does not take every
+/// PostgreSQL connection: polls read under their own share of the pool
+/// (`SWITCHYARD_POLL_READ_CONCURRENCY`, below `SWITCHYARD_PG_POOL_SIZE`), so
+/// a WebSocket client's catch-up over the same backlog completes quickly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_flood_does_not_stop_a_websocket_catch_up() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let s = stack(&[
+        ("SWITCHYARD_PG_POOL_SIZE", "4"),
+        ("SWITCHYARD_POLL_READ_CONCURRENCY", "1"),
+        ("SWITCHYARD_REPLAY_PAGE", "50"),
+    ])
+    .await;
+    let n = 800;
+    let cursor = backlog(&s, n, 8 * 1024).await;
+    let addr = s.gateway(0).listen;
+    let stop = Arc::new(AtomicBool::new(false));
+    let polls = Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..40)
+        .map(|i| {
+            let tok = token(&format!("flood{i}"), &["Sfc"], &[], 600);
+            let path =
+                format!("/v1/poll?topic=News&timeout_ms=0&access_token={tok}&cursor={cursor}");
+            let (stop, polls) = (stop.clone(), polls.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if http_get(addr, &path).is_ok() {
+                        polls.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    // Let the flood build up.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let mut c = Client::connect(&s.gateway(0).ws_url(), &token("reader", &["Sfc"], &[], 600))
+        .await
+        .unwrap();
+    let r = c.subscribe("News", Some(&cursor)).await.unwrap();
+    assert_eq!(r["recovered"], true, "{r}");
+    let msgs = c
+        .messages(n as usize, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let ns: Vec<u64> = msgs
+        .iter()
+        .map(|m| m["payload"]["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ns, (1..=n).collect::<Vec<_>>(), "complete and in order");
+    for t in flood {
+        t.join().unwrap();
+    }
+    let polls = polls.load(Ordering::Relaxed);
+    eprintln!("catch-up of {n} events beside a flood of 40 pollers ({polls} polls) took {took:?}");
+    assert!(polls > 40, "the flood did not run ({polls} polls)");
+    assert!(took < Duration::from_secs(10), "catch-up took {took:?}");
+}

@@ -35,7 +35,9 @@ pub mod publisher;
 pub mod subscriber;
 pub mod wire;
 
-pub use control::{subscribe_channel, subscribe_control, Control};
+pub use control::{
+    decode_control, encode_control, subscribe_channel, subscribe_control, Control, ControlRefusal,
+};
 pub use naming::{control_channel, live_channel, live_pattern, presence_events_channel};
 pub use publisher::Publisher;
 pub use subscriber::{subscribe, LiveSink, SubscriberConfig};

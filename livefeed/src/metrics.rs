@@ -17,6 +17,9 @@ pub(crate) const LIVE_DECODE_ERRORS: &str = "switchyard_gateway_live_decode_erro
 /// Live messages dropped because they carry no valid MAC (forged, or a key
 /// mismatch between bridge and gateways).
 pub(crate) const LIVE_UNAUTHENTICATED: &str = "switchyard_gateway_live_unauthenticated_total";
+/// Control messages refused: not authenticated with the live key, or replayed
+/// outside the window.
+pub(crate) const CONTROL_REFUSED: &str = "switchyard_gateway_control_refused_total";
 /// 1 while the pattern subscription is active.
 pub(crate) const FEED_UP: &str = "switchyard_gateway_live_feed_up";
 
@@ -47,6 +50,11 @@ pub const SUBSCRIBER: &[Metric] = &[
     Metric::counter(
         LIVE_UNAUTHENTICATED,
         "Live-feed messages dropped for lack of a valid MAC under SWITCHYARD_LIVE_KEY (forged, or a key mismatch between bridge and gateways).",
+        &[],
+    ),
+    Metric::counter(
+        CONTROL_REFUSED,
+        "Control messages (server-API disconnects between nodes) refused: not authenticated with SWITCHYARD_LIVE_KEY, or sent outside the 30 s replay window.",
         &[],
     ),
 ];

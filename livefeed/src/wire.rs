@@ -59,6 +59,16 @@ impl LiveKey {
         LiveKey(secret.into())
     }
 
+    /// The full HMAC-SHA256 tag of `body`.
+    pub(crate) fn tag(&self, body: &[u8]) -> [u8; 32] {
+        self.mac(body).finalize().into_bytes().into()
+    }
+
+    /// Whether `tag` (possibly truncated) authenticates `body`, in constant time.
+    pub(crate) fn verify(&self, body: &[u8], tag: &[u8]) -> bool {
+        self.mac(body).verify_truncated_left(tag).is_ok()
+    }
+
     fn mac(&self, body: &[u8]) -> Hmac<Sha256> {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));

@@ -109,3 +109,166 @@ async fn resync_follows_an_active_subscription_and_other_epochs_are_dropped() {
         ]
     );
 }
+
+/// `rediss://` URLs are taken (TLS to Redis), and one pointing at a Redis
+/// without TLS fails with an error naming the setting instead of hanging or
+/// falling back to plain text.
+#[tokio::test]
+async fn a_rediss_url_against_a_server_without_tls_fails_clearly() {
+    let plain = switchyard_testkit::redis_base();
+    let tls = plain.replacen("redis://", "rediss://", 1);
+    assert!(tls.starts_with("rediss://"), "{tls}");
+    let r = tokio::time::timeout(
+        Duration::from_secs(15),
+        Publisher::connect(&tls, "rediss-test", "ep", None),
+    )
+    .await
+    .expect("connecting with TLS to a plain Redis hung");
+    let e = r.expect_err("a TLS connection to a plain Redis succeeded");
+    let text = e.to_string();
+    assert!(text.contains("SWITCHYARD_REDIS_URL"), "{text}");
+    eprintln!("rediss:// against plain Redis: {text}");
+    // The same server over plain text works.
+    Publisher::connect(&plain, "rediss-test", "ep", None)
+        .await
+        .unwrap();
+}
+
+/// A Redis that speaks only TLS, reached with `rediss://`: events published
+/// over TLS reach a subscriber over TLS, the server's certificate checked
+/// against the CA certificates (here a test CA, given the way the system's
+/// are: `SSL_CERT_FILE`).
+#[tokio::test]
+async fn events_flow_over_tls_to_redis() {
+    let dir = switchyard_testkit::scratch_dir("redis-tls");
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=redis-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ];
+    ca.extend(ec);
+    openssl(&ca);
+    let mut csr = vec![
+        "req",
+        "-new",
+        "-subj",
+        "/CN=redis",
+        "-keyout",
+        "redis.key",
+        "-out",
+        "redis.csr",
+    ];
+    csr.extend(ec);
+    openssl(&csr);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        "redis.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "redis.crt",
+    ]);
+    // The other tests of this binary use plain Redis: the variable does not
+    // concern them.
+    std::env::set_var("SSL_CERT_FILE", dir.join("ca.crt"));
+    let port = switchyard_testkit::free_port();
+    let _redis = switchyard_testkit::RedisServer::start_tls(
+        &dir,
+        port,
+        &dir.join("redis.crt"),
+        &dir.join("redis.key"),
+    )
+    .unwrap();
+    let url = format!("rediss://127.0.0.1:{port}");
+    // Plain text to the TLS port is refused.
+    let plain = tokio::time::timeout(
+        Duration::from_secs(15),
+        Publisher::connect(&format!("redis://127.0.0.1:{port}"), "tls", "ep", None),
+    )
+    .await;
+    assert!(
+        !matches!(plain, Ok(Ok(_))),
+        "plain text reached a TLS-only Redis"
+    );
+
+    let prefix = format!("livefeed-tls-{}", uuid::Uuid::new_v4().simple());
+    let publisher = Publisher::connect(&url, &prefix, "ep", None).await.unwrap();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(tokio::sync::Notify::new());
+    let sink = Recorder {
+        calls: calls.clone(),
+        publisher: publisher.clone(),
+        seen: seen.clone(),
+    };
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(subscribe(
+        SubscriberConfig {
+            redis_url: url.clone(),
+            pattern: live_pattern(&prefix),
+            epoch: "ep".into(),
+            key: None,
+        },
+        sink,
+        cancel.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        publisher.publish(&[event("over-tls")]).await;
+        let got = calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| *c == Call::Event("over-tls".into()));
+        if got {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            calls.lock().unwrap()
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(300), seen.notified()).await;
+    }
+    cancel.cancel();
+    let _ = task.await;
+}

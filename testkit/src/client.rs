@@ -24,6 +24,8 @@ pub struct Client {
     pending: std::collections::VecDeque<Value>,
     /// Last cursor seen per topic.
     pub cursors: std::collections::HashMap<String, String>,
+    /// Pongs received so far (answers to the pings a test sends).
+    pub pongs: usize,
 }
 
 impl std::fmt::Debug for Client {
@@ -64,6 +66,7 @@ impl Client {
                     next_id: 1,
                     pending: Default::default(),
                     cursors: Default::default(),
+                    pongs: 0,
                 };
                 let w = c.next_frame(Duration::from_secs(10)).await?;
                 if w["type"] != "welcome" {
@@ -134,6 +137,7 @@ impl Client {
                         json!({"type": "__close", "code": code, "reason": f.map(|f| f.reason.to_string()).unwrap_or_default()}),
                     );
                 }
+                Some(Ok(Message::Pong(_))) => self.pongs += 1,
                 Some(Ok(_)) => continue,
             }
         }

@@ -167,6 +167,28 @@ impl PgServer {
         Ok(())
     }
 
+    /// Turns TLS on with this certificate chain and key (PEM files), and
+    /// restarts the server.
+    pub fn enable_tls(&self, cert: &Path, key: &Path) -> anyhow::Result<()> {
+        std::fs::copy(cert, self.data.join("server.crt"))?;
+        std::fs::copy(key, self.data.join("server.key"))?;
+        let mut conf = std::fs::read_to_string(self.data.join("postgresql.conf"))?;
+        conf.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(self.data.join("postgresql.conf"), conf)?;
+        for (args, what) in [(vec!["postgres:postgres"], "chown"), (vec!["600"], "chmod")] {
+            let ok = Command::new(what)
+                .args(&args)
+                .arg(self.data.join("server.key"))
+                .arg(self.data.join("server.crt"))
+                .status()?;
+            if !ok.success() {
+                bail!("{what} of the TLS files failed");
+            }
+        }
+        self.stop();
+        self.resume()
+    }
+
     /// Stops immediately (connections are cut).
     pub fn stop(&self) {
         let _ = Command::new("runuser")

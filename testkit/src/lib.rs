@@ -20,6 +20,7 @@
 //! | `event` | the events tests produce |
 //! | `client` | the WebSocket test client speaking the JSON protocol |
 //! | `api` | the gateways' server API: the test key, one JSON request |
+//! | `fuzz` | corpus-driven fuzz targets on stable Rust: the corpus in `fuzz/corpus/`, mutating input strategies, the case count |
 //!
 //! Invariant: every stack uses its own database, topics, Redis prefix and
 //! ports, so tests run in parallel and repeated runs never collide; every
@@ -30,6 +31,7 @@ mod broker;
 mod client;
 mod database;
 mod event;
+pub mod fuzz;
 mod probe;
 mod process;
 mod redis;

@@ -43,6 +43,38 @@ impl RedisServer {
         Ok(RedisServer { port, proc })
     }
 
+    /// A redis-server that speaks only TLS on `port`, with this certificate
+    /// and key (PEM files); clients are not asked for certificates.
+    pub fn start_tls(
+        dir: &Path,
+        port: u16,
+        cert: &Path,
+        key: &Path,
+    ) -> anyhow::Result<RedisServer> {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(cert)
+            .arg("--tls-key-file")
+            .arg(key)
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ]);
+        let proc = Proc::spawn(&format!("redis-tls-{port}"), cmd, dir)?;
+        wait_port(
+            format!("127.0.0.1:{port}").parse()?,
+            Duration::from_secs(10),
+        )?;
+        Ok(RedisServer { port, proc })
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }

@@ -187,7 +187,7 @@ pub(super) fn on_report(shard: &mut Shard, report: Report) {
 /// applied by the shard before the next is read.
 async fn run(
     log: &CursorLog,
-    page_rows: i64,
+    page_rows: switchyard_cursorlog::PageLimit,
     shard: &mpsc::Sender<Command>,
     mut positions: Positions,
     bound: Option<HashMap<i64, i64>>,

@@ -41,7 +41,7 @@ const RERESOLVE_RETRY: Duration = Duration::from_secs(2);
 
 /// Token bucket for client requests.
 #[derive(Debug)]
-struct RateLimit {
+pub(super) struct RateLimit {
     tokens: f64,
     per_sec: f64,
     burst: f64,
@@ -49,7 +49,7 @@ struct RateLimit {
 }
 
 impl RateLimit {
-    fn new(per_sec: u32, burst: u32) -> Self {
+    pub(super) fn new(per_sec: u32, burst: u32) -> Self {
         RateLimit {
             tokens: f64::from(burst),
             per_sec: f64::from(per_sec),
@@ -58,7 +58,7 @@ impl RateLimit {
         }
     }
 
-    fn allow(&mut self) -> bool {
+    pub(super) fn allow(&mut self) -> bool {
         let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.per_sec)
             .min(self.burst);
@@ -112,7 +112,9 @@ pub(crate) async fn run<S>(
         fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
     ws_read.set_max_message_size(node.cfg.max_frame_bytes);
     ws_read.set_auto_close(true);
-    ws_read.set_auto_pong(true);
+    // Pings are answered by the reader under a rate limit, not by
+    // fastwebsockets (which answers every one).
+    ws_read.set_auto_pong(false);
 
     let (tx, rx) = outbound::queue(node.cfg.outbound_queue.max(8), node.cfg.outbound_bytes);
     let (expiry_tx, expiry_rx) = watch::channel(identity.exp);
@@ -176,6 +178,10 @@ pub(crate) async fn run<S>(
             last_read,
             epoch,
             max_message_bytes: session.node.cfg.max_frame_bytes,
+            pings: RateLimit::new(
+                session.node.cfg.ping_rate_per_sec,
+                session.node.cfg.ping_burst,
+            ),
         },
     ));
     let mut topology_changes = session.node.topology.subscribe();

@@ -6,10 +6,16 @@
 //! - A reassembled message never exceeds the frame limit
 //!   (`SWITCHYARD_MAX_FRAME_BYTES`): single frames are limited by
 //!   fastwebsockets, the sum of a message's fragments here (close 1009).
+//! - Pings are answered only within the ping rate limit
+//!   (`SWITCHYARD_PING_RATE`/`SWITCHYARD_PING_BURST`); a client that pings
+//!   faster is closed with 1008, so a ping flood costs the node at most that
+//!   many pongs.
 //! - `read_frame` is not cancel-safe; racing it against the connection
 //!   token is safe only because the reader is never used again once the
 //!   connection is cancelled.
 
+use super::RateLimit;
+use crate::metrics as m;
 use crate::outbound::{Outbound, OutboundTx};
 use fastwebsockets::{Frame, OpCode, WebSocketError, WebSocketRead};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +42,8 @@ pub(super) struct ReaderLinks {
     pub(super) last_read: Arc<AtomicU64>,
     pub(super) epoch: Instant,
     pub(super) max_message_bytes: usize,
+    /// Pings answered (auto-pong is off).
+    pub(super) pings: RateLimit,
 }
 
 /// A message being reassembled from fragments.
@@ -49,7 +57,7 @@ enum Fatal {
     Close(u16, &'static str),
 }
 
-pub(super) async fn run<R>(mut reader: WebSocketRead<R>, links: ReaderLinks)
+pub(super) async fn run<R>(mut reader: WebSocketRead<R>, mut links: ReaderLinks)
 where
     R: AsyncRead + Unpin,
 {
@@ -91,6 +99,18 @@ where
         };
         let message = match (frame.opcode, partial.as_mut()) {
             (OpCode::Close, _) => break,
+            (OpCode::Ping, _) => {
+                if !links.pings.allow() {
+                    metrics::counter!(m::PING_FLOOD_CLOSES).increment(1);
+                    fatal = Some(Fatal::Close(1008, "too many pings"));
+                    break;
+                }
+                let pong = Outbound::Control(OpCode::Pong, frame.payload.to_vec());
+                if links.outbound.send(pong).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             (OpCode::Text | OpCode::Binary, Some(_)) | (OpCode::Continuation, None) => {
                 fatal = Some(Fatal::Close(1002, "protocol error: bad fragmentation"));
                 break;
