@@ -31,6 +31,6 @@ pub mod migrate;
 pub mod route;
 
 pub use cursor::{Cursor, CursorError};
-pub use event::{Entry, LogEvent, NewEvent};
+pub use event::{Entry, LiveStamp, LogEvent, NewEvent};
 pub use log::{AppendOutcome, ChannelHead, CursorLog, LogError, LogStats, PoolOptions, ReadPage};
 pub use route::{Draft, Route};

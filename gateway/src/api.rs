@@ -448,6 +448,7 @@ async fn history(req: &Request<Incoming>, node: &Node) -> Response<Body> {
         user.as_deref(),
         node.cfg.replay_page,
         limit,
+        None,
     )
     .await
     {

@@ -18,6 +18,7 @@ pub(crate) const CONNECTIONS_TOTAL: &str = "switchyard_gateway_connections_total
 pub(crate) const SUBSCRIPTIONS: &str = "switchyard_gateway_subscriptions";
 pub(crate) const DELIVERED: &str = "switchyard_gateway_messages_delivered_total";
 pub(crate) const DELIVERY_LAG: &str = "switchyard_gateway_delivery_lag_seconds";
+pub(crate) const STAGE_SECONDS: &str = "switchyard_gateway_stage_seconds";
 pub(crate) const BACKFILLS: &str = "switchyard_gateway_backfills_total";
 pub(crate) const SLOW_CONSUMERS: &str = "switchyard_gateway_slow_consumers_total";
 pub(crate) const AUTH_FAILURES: &str = "switchyard_gateway_auth_failures_total";
@@ -83,8 +84,13 @@ const GATEWAY: &[Metric] = &[
     ),
     Metric::histogram(
         DELIVERY_LAG,
-        "Time from an event's created_at to its live delivery into client queues.",
-        &[],
+        "Time from an event's created_at to the socket write of its message (poll: to its response), by path: live (Redis fan-out), replay (a subscription's catch-up), backfill (a node backfill), poll.",
+        &[Label::fixed("path", &crate::outbound::Path::ALL)],
+    ),
+    Metric::histogram(
+        STAGE_SECONDS,
+        "Per-stage latency of live events on the gateway, by stage: feed (the bridge's Redis publish to this node's receipt), write (this node's receipt to the socket write).",
+        &[Label::fixed("stage", &["feed", "write"])],
     ),
     Metric::counter(
         BACKFILLS,

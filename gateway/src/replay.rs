@@ -116,6 +116,7 @@ pub(crate) async fn read_messages(
     user: Option<&str>,
     page_rows: i64,
     max: usize,
+    mut created: Option<&mut Vec<i64>>,
 ) -> Result<(Vec<Bytes>, bool), LogError> {
     let mut messages: Vec<Bytes> = Vec::new();
     loop {
@@ -150,6 +151,9 @@ pub(crate) async fn read_messages(
             }
             let cursor = cursors.encode(positions.iter().copied());
             messages.push(protocol::encode_message(Protocol::Json, &event, &cursor));
+            if let Some(c) = created.as_deref_mut() {
+                c.push(event.created_at_ms);
+            }
         }
         if !progressed || !page.more {
             return Ok((messages, false));
@@ -165,6 +169,7 @@ mod tests {
 
     fn ev(id: &str, entries: &[(i64, i64)]) -> Arc<LogEvent> {
         Arc::new(LogEvent {
+            live: Default::default(),
             event_id: id.into(),
             topic: "T".into(),
             tenant: String::new(),

@@ -32,7 +32,7 @@ pub use control::{subscribe_control, Control};
 pub use naming::{control_channel, live_channel, live_pattern};
 pub use publisher::Publisher;
 pub use subscriber::{subscribe, LiveSink, SubscriberConfig};
-pub use wire::{decode, decode_with, encode, encode_with, LiveKey};
+pub use wire::{decode, decode_with, encode, encode_with, encode_with_at, LiveKey};
 
 /// What can go wrong at the live feed's boundary.
 #[derive(Debug, thiserror::Error)]

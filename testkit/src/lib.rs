@@ -20,6 +20,7 @@
 //! | `event` | the events tests produce |
 //! | `client` | the WebSocket test client speaking the JSON protocol |
 //! | `api` | the gateways' server API: the test key, one JSON request |
+//! | `otlp` | an OTLP/HTTP trace receiver that keeps the spans it is sent |
 //!
 //! Invariant: every stack uses its own database, topics, Redis prefix and
 //! ports, so tests run in parallel and repeated runs never collide; every
@@ -30,6 +31,7 @@ mod broker;
 mod client;
 mod database;
 mod event;
+mod otlp;
 mod probe;
 mod process;
 mod redis;
@@ -41,6 +43,7 @@ pub use broker::{committed_offsets, tansu_bin, Broker};
 pub use client::{ids, ns, Client, Connect};
 pub use database::{pg_base, Database, PgServer};
 pub use event::{news, now_ms};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use probe::{
     ensure_loopback, free_addr, free_port, http_get, http_get_async, wait_port_async, wait_ready,
     wait_serving,
