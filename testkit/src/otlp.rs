@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Largest export request accepted.
-pub const MAX_BODY: usize = 16 << 20;
+pub(crate) const MAX_BODY: usize = 16 << 20;
 
 /// A span as the receiver got it (ids in lowercase hex, empty when absent).
 #[derive(Debug, Clone, PartialEq, Eq)]
