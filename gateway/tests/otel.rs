@@ -23,6 +23,7 @@ fn find<'a>(spans: &'a [ReceivedSpan], name: &str, trace: &str) -> Option<&'a Re
 async fn one_trace_joins_a_produced_record_to_its_delivery() {
     require_servers();
     let otlp = OtlpReceiver::start().await.unwrap();
+    eprintln!("otlp receiver at {}", otlp.endpoint());
     let s = Stack::start(StackOptions {
         gateways: 1,
         env: vec![
@@ -34,6 +35,7 @@ async fn one_trace_joins_a_produced_record_to_its_delivery() {
     })
     .await
     .unwrap();
+    eprintln!("stack up in {}", s.dir.display());
     let mut c = Client::connect(
         &s.gateway(0).ws_url(),
         &token("user-a", &["CHLT"], &[], 600),
@@ -62,6 +64,7 @@ async fn one_trace_joins_a_produced_record_to_its_delivery() {
     s.produce_with_headers("News", untraced.as_bytes(), &[])
         .await
         .unwrap();
+    eprintln!("produced");
     let got = c.messages(2, T).await.unwrap();
     assert_eq!(ids(&got), ["traced-1", "untraced-2"]);
 
