@@ -45,6 +45,9 @@ const TOPIC: Label = Label::runtime("topic", TOPICS, "the topology's topics");
 /// Why the node reads from PostgreSQL for its live subscribers.
 const BACKFILL_REASON: Label = Label::fixed("reason", &["gap", "resync", "head_check", "catchup"]);
 
+/// `outbound::Path::as_str` values: how a message reached its client.
+pub(crate) const DELIVERY_PATHS: &[&str] = &["live", "replay", "backfill", "poll"];
+
 /// `AuthError::reason` values.
 pub(crate) const AUTH_REASONS: &[&str] = &[
     "missing",
@@ -85,7 +88,7 @@ const GATEWAY: &[Metric] = &[
     Metric::histogram(
         DELIVERY_LAG,
         "Time from an event's created_at to the socket write of its message (poll: to its response), by path: live (Redis fan-out), replay (a subscription's catch-up), backfill (a node backfill), poll.",
-        &[Label::fixed("path", &crate::outbound::Path::ALL)],
+        &[Label::fixed("path", DELIVERY_PATHS)],
     ),
     Metric::histogram(
         STAGE_SECONDS,

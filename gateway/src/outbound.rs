@@ -53,8 +53,7 @@ pub enum Path {
 }
 
 impl Path {
-    pub const ALL: [&'static str; 4] = ["live", "replay", "backfill", "poll"];
-
+    /// The `path` label (declared in [`crate::metrics::DELIVERY_PATHS`]).
     pub fn as_str(self) -> &'static str {
         match self {
             Path::Live => "live",
@@ -229,6 +228,16 @@ mod tests {
 
     fn frame(n: usize) -> Outbound {
         Outbound::Frame(Bytes::from(vec![b'x'; n]))
+    }
+
+    #[test]
+    fn every_path_is_a_declared_label_value() {
+        for p in [Path::Live, Path::Replay, Path::Backfill, Path::Poll] {
+            assert!(
+                crate::metrics::DELIVERY_PATHS.contains(&p.as_str()),
+                "{p:?}"
+            );
+        }
     }
 
     #[tokio::test]
