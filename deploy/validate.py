@@ -197,7 +197,8 @@ def known_env(root: Path) -> set[str]:
         "SWITCHYARD_KAFKA_DLQ_TOPIC", "SWITCHYARD_LISTEN", "SWITCHYARD_ADMIN_LISTEN",
         "SWITCHYARD_JWT_HS256_SECRET", "SWITCHYARD_JWT_PUBLIC_KEY", "SWITCHYARD_JWT_ISSUER",
         "SWITCHYARD_JWT_AUDIENCE", "SWITCHYARD_DRAIN_SECONDS", "SWITCHYARD_LOG_FORMAT",
-        "RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "RUST_LOG", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_SERVICE_NAME", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
     }
     for rs in root.glob("*/src/**/*.rs"):
         names.update(re.findall(r'"(SWITCHYARD_[A-Z0-9_]+)"', rs.read_text(errors="replace")))
@@ -370,10 +371,16 @@ def check_kubernetes(root: Path, rendered: Path, out: Path) -> None:
             if args and args[0] == "gateway":
                 drain = int(env_all.get("SWITCHYARD_DRAIN_SECONDS") or 20)
                 grace = pspec.get("terminationGracePeriodSeconds", 30)
-                if grace < drain + 10:
-                    err(where, f"terminationGracePeriodSeconds {grace} must exceed the drain ({drain}s) by >= 10s")
-                if "lifecycle" in c and "preStop" in c["lifecycle"]:
-                    warn(cwhere, "has a preStop hook; the gateway drains on SIGTERM by itself")
+                # The preStop delay runs before SIGTERM and counts against
+                # the grace period: endpoints are removed while it sleeps.
+                pre_stop = 0
+                cmd = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+                if len(cmd) == 2 and cmd[0].endswith("sleep") and cmd[1].isdigit():
+                    pre_stop = int(cmd[1])
+                else:
+                    err(cwhere, "needs a preStop hook `[/bin/sleep, N]` so endpoints are removed before SIGTERM")
+                if grace < pre_stop + drain + 10:
+                    err(where, f"terminationGracePeriodSeconds {grace} must exceed preStop ({pre_stop}s) + drain ({drain}s) by >= 10s")
         pod_ports[name] = ports
 
     def deployments_selected_by(selector: dict) -> list[str]:

@@ -146,6 +146,16 @@ pub async fn run(cfg: BridgeConfig, cancel: CancellationToken) -> anyhow::Result
     );
     if let Some(id) = &cfg.kafka_instance_id {
         consumer_cfg.set("group.instance.id", id);
+    } else if !cfg
+        .kafka_options
+        .iter()
+        .any(|(k, _)| k == "partition.assignment.strategy")
+    {
+        // Dynamic membership (the Deployment's default, pod names change on
+        // every rollout): a stopping bridge leaves the group at once, and
+        // cooperative rebalancing moves only its partitions while the other
+        // members keep consuming theirs.
+        consumer_cfg.set("partition.assignment.strategy", "cooperative-sticky");
     }
     let pause = Arc::new(PauseControl::default());
     consumer_cfg.set(

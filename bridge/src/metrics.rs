@@ -25,6 +25,7 @@ pub(crate) const BATCH_SECONDS: &str = "switchyard_bridge_batch_seconds";
 pub(crate) const BATCH_SIZE: &str = "switchyard_bridge_batch_size";
 pub(crate) const APPEND_SECONDS: &str = "switchyard_bridge_append_seconds";
 pub(crate) const EVENT_LAG: &str = "switchyard_bridge_event_lag_seconds";
+pub(crate) const STAGE_SECONDS: &str = "switchyard_bridge_stage_seconds";
 pub(crate) const PG_ERRORS: &str = "switchyard_bridge_pg_errors_total";
 pub(crate) const DLQ_ERRORS: &str = "switchyard_bridge_dlq_errors_total";
 pub(crate) const DLQ_PAYLOAD_OMITTED: &str = "switchyard_bridge_dlq_payload_omitted_total";
@@ -117,6 +118,11 @@ const BRIDGE: &[Metric] = &[
         EVENT_LAG,
         "Time from the producer's created_at to the PostgreSQL commit, per event.",
         &[],
+    ),
+    Metric::histogram(
+        STAGE_SECONDS,
+        "Per-stage latency of logged events on the bridge, by stage: receive (the Kafka record's timestamp to the bridge's read), commit (the read to the PostgreSQL commit), publish (the commit to the Redis publish).",
+        &[Label::fixed("stage", &["receive", "commit", "publish"])],
     ),
     Metric::counter(
         PG_ERRORS,
@@ -247,6 +253,15 @@ pub(crate) fn consumed(topology: &Topology, topic: Option<&str>) {
 pub(crate) fn dlq_written(reasons: impl Iterator<Item = &'static str>) {
     for reason in reasons {
         metrics::counter!(DLQ, "reason" => reason).increment(1);
+    }
+}
+
+/// Records `seconds` of `stage` in [`STAGE_SECONDS`] (negative clock
+/// differences count as 0).
+pub(crate) fn stage(stage: &'static str, from_ms: i64, to_ms: i64) {
+    if from_ms > 0 && to_ms > 0 {
+        let s = (to_ms - from_ms).max(0) as f64 / 1000.0;
+        metrics::histogram!(STAGE_SECONDS, "stage" => stage).record(s);
     }
 }
 

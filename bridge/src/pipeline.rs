@@ -20,6 +20,8 @@ use crate::envelope::{self, DomainEvent, Rejection};
 use crate::metrics as m;
 use crate::pause::{Carry, PauseControl, Stage};
 use crate::statistics::ConsumerHealth;
+use opentelemetry::trace::{Span as _, SpanContext, SpanKind, TraceContextExt as _, Tracer as _};
+use opentelemetry::KeyValue;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -36,10 +38,21 @@ use switchyard_cursorlog::route::{route, Draft, Route};
 use switchyard_cursorlog::{CursorLog, Entry, LogError, LogEvent, NewEvent};
 use switchyard_livefeed::Publisher;
 use switchyard_ops::backoff::Backoff;
+use switchyard_ops::tracecontext;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// Bytes the reader may park while consumption is paused (see [`Carry`]).
 const CARRY_MAX_BYTES: usize = 32 << 20;
+
+/// Producer contexts a batch span links to at most (the SDK's default link
+/// limit); the events' own spans are children of theirs regardless.
+const MAX_BATCH_LINKS: usize = 128;
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
 
 /// The consumer context: commits stored offsets synchronously when
 /// partitions are revoked, applies the pause state to assigned partitions,
@@ -139,6 +152,22 @@ struct Prepared {
     ephemeral_only: Vec<LogEvent>,
     ephemeral_extra: HashMap<String, Vec<Entry>>,
     started: Instant,
+    /// When the batch was read from Kafka (ms since the epoch).
+    received_at_ms: i64,
+    /// The producers' trace contexts (`traceparent` headers) by event id;
+    /// empty when tracing is off.
+    parents: HashMap<String, SpanContext>,
+}
+
+/// A committed batch on its way to Redis: the events and the spans that end
+/// once they are published.
+struct Committed {
+    live: Vec<LogEvent>,
+    /// `bridge.batch`: linked to every producer context of the batch.
+    span: tracing::Span,
+    /// One `bridge.event` span per event with a producer context, a child of
+    /// it (so the producer's trace goes on to the gateways' delivery).
+    events: Vec<opentelemetry::global::BoxedSpan>,
 }
 
 impl Pipeline {
@@ -188,7 +217,7 @@ impl Pipeline {
         };
         // Publishing is the third stage: the next batch's transaction need
         // not wait for Redis. Batches are published in commit order.
-        let (pub_tx, mut pub_rx) = tokio::sync::mpsc::channel::<Vec<LogEvent>>(2);
+        let (pub_tx, mut pub_rx) = tokio::sync::mpsc::channel::<Committed>(2);
         let writer = async {
             let mut stale = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             while let Some(mut prepared) = rx.recv().await {
@@ -237,8 +266,20 @@ impl Pipeline {
             drop(pub_tx);
         };
         let publisher = async {
-            while let Some(live) = pub_rx.recv().await {
-                self.publisher.publish(&live).await;
+            while let Some(c) = pub_rx.recv().await {
+                let events = c.live.len();
+                self.publisher
+                    .publish(&c.live)
+                    .instrument(tracing::info_span!(parent: &c.span, "livefeed.publish", events))
+                    .await;
+                let now = now_ms();
+                for ev in &c.live {
+                    m::stage("publish", ev.live.committed_at_ms, now);
+                }
+                for mut span in c.events {
+                    span.end();
+                }
+                // Dropping `c.span` ends the batch span.
             }
         };
         tokio::join!(reader, writer, publisher);
@@ -304,6 +345,16 @@ impl Pipeline {
         cancel: &CancellationToken,
     ) -> Result<Prepared, Cancelled> {
         let started = Instant::now();
+        let received_at_ms = now_ms();
+        let traced = tracecontext::enabled();
+        let mut parents: HashMap<String, SpanContext> = HashMap::new();
+        if carry.is_some() {
+            // The reader's first pass (a batch prepared again is not new).
+            for msg in &batch {
+                let at = msg.timestamp().to_millis().unwrap_or(0);
+                m::stage("receive", at, received_at_ms);
+            }
+        }
         let topology = self.topology.current();
         let mut rejected: Vec<(usize, Rejection)> = Vec::new();
         let mut resolved: Vec<Resolved> = Vec::new();
@@ -373,6 +424,11 @@ impl Pipeline {
                         metrics::counter!(m::UNROUTED, "topic" => ev.topic.clone()).increment(1);
                         tracing::debug!(event_id = %ev.id, topic = %ev.topic, "event resolved to no channel");
                         continue;
+                    }
+                    if traced {
+                        if let Some(sc) = producer_context(msg) {
+                            parents.insert(ev.id.clone(), sc);
+                        }
                     }
                     resolved.push(Resolved {
                         msg_index: i,
@@ -453,6 +509,8 @@ impl Pipeline {
             ephemeral_only,
             ephemeral_extra,
             started,
+            received_at_ms,
+            parents,
         })
     }
 
@@ -463,7 +521,7 @@ impl Pipeline {
         &self,
         p: Prepared,
         cancel: &CancellationToken,
-    ) -> Result<Vec<LogEvent>, Unfinished> {
+    ) -> Result<Committed, Unfinished> {
         let Prepared {
             batch,
             mut rejected,
@@ -472,7 +530,13 @@ impl Pipeline {
             ephemeral_only,
             mut ephemeral_extra,
             started,
+            received_at_ms,
+            parents,
         } = p;
+        let span = tracing::info_span!("bridge.batch", records = batch.len());
+        for sc in parents.values().take(MAX_BATCH_LINKS) {
+            span.add_link(sc.clone());
+        }
         let appended = self
             .retry(
                 "append to the cursor log",
@@ -480,11 +544,18 @@ impl Pipeline {
                 m::PG_ERRORS,
                 None,
                 cancel,
-                || async {
-                    match append_resilient(&self.log, &new_events).await {
-                        Err(LogError::UnknownChannel(id)) => Ok(Err(id)),
-                        r => r.map(Ok),
+                || {
+                    async {
+                        match append_resilient(&self.log, &new_events).await {
+                            Err(LogError::UnknownChannel(id)) => Ok(Err(id)),
+                            r => r.map(Ok),
+                        }
                     }
+                    .instrument(tracing::info_span!(
+                        parent: &span,
+                        "cursorlog.append",
+                        events = new_events.len()
+                    ))
                 },
             )
             .await?;
@@ -517,7 +588,14 @@ impl Pipeline {
                 m::DLQ_ERRORS,
                 None,
                 cancel,
-                || self.send_dlq(batch, &rejected),
+                || {
+                    self.send_dlq(batch, &rejected)
+                        .instrument(tracing::info_span!(
+                            parent: &span,
+                            "dlq.write",
+                            records = rejected.len()
+                        ))
+                },
             )
             .await?;
             m::dlq_written(rejected.iter().map(|(_, why)| why.reason));
@@ -532,9 +610,12 @@ impl Pipeline {
             if let Some(extra) = ephemeral_extra.remove(&ev.event_id) {
                 ev.entries.extend(extra);
             }
+            ev.live.committed_at_ms = commit_at;
+            m::stage("commit", received_at_ms, commit_at);
         }
         metrics::counter!(m::DUPLICATE).increment(outcome.duplicates.len() as u64);
         live.extend(ephemeral_only);
+        let events = stamp(&mut live, &span, &parents, received_at_ms);
         self.store_offsets(batch);
         metrics::histogram!(m::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::histogram!(m::BATCH_SIZE).record(batch.len() as f64);
@@ -544,7 +625,7 @@ impl Pipeline {
             dlq = rejected.len(),
             "batch done"
         );
-        Ok(live)
+        Ok(Committed { live, span, events })
     }
 
     /// Retries `op` with jittered backoff until it succeeds, holding
@@ -667,6 +748,70 @@ impl Pipeline {
             tracing::warn!(error = %e, "storing offsets failed");
         }
     }
+}
+
+/// The producer's trace context in `msg`'s `traceparent` / `tracestate`
+/// headers; `None` when absent or malformed (the batch span is then the
+/// event's root).
+fn producer_context(msg: &OwnedMessage) -> Option<SpanContext> {
+    let headers = msg.headers()?;
+    let pairs: Vec<(&str, &[u8])> = headers
+        .iter()
+        .filter(|h| {
+            h.key.eq_ignore_ascii_case("traceparent") || h.key.eq_ignore_ascii_case("tracestate")
+        })
+        .filter_map(|h| Some((h.key, h.value?)))
+        .collect();
+    if pairs.is_empty() {
+        return None;
+    }
+    tracecontext::extract(&pairs)
+}
+
+/// Stamps the live path's times and trace context on `live`: an event whose
+/// record carried a producer context gets a `bridge.event` span, a child of
+/// that context linked to the batch span, and carries it on; the others
+/// carry the batch span. Returns the event spans (they end after publish).
+fn stamp(
+    live: &mut [LogEvent],
+    batch: &tracing::Span,
+    parents: &HashMap<String, SpanContext>,
+    received_at_ms: i64,
+) -> Vec<opentelemetry::global::BoxedSpan> {
+    for ev in live.iter_mut() {
+        ev.live.received_at_ms = received_at_ms;
+    }
+    if !tracecontext::enabled() {
+        return Vec::new();
+    }
+    let batch_cx = batch.context();
+    let batch_sc = batch_cx.span().span_context().clone();
+    let batch_tp = tracecontext::traceparent(&batch_sc);
+    let tracer = tracecontext::tracer();
+    let mut spans = Vec::new();
+    for ev in live.iter_mut() {
+        let Some(parent) = parents.get(&ev.event_id) else {
+            ev.live.traceparent.clone_from(&batch_tp);
+            continue;
+        };
+        let mut builder = tracer
+            .span_builder("bridge.event")
+            .with_kind(SpanKind::Consumer)
+            .with_attributes(vec![
+                KeyValue::new("switchyard.event_id", ev.event_id.clone()),
+                KeyValue::new("switchyard.topic", ev.topic.clone()),
+            ]);
+        if batch_sc.is_valid() {
+            builder = builder.with_links(vec![opentelemetry::trace::Link::with_context(
+                batch_sc.clone(),
+            )]);
+        }
+        let span =
+            builder.start_with_context(&tracer, &tracecontext::remote_parent(parent.clone()));
+        ev.live.traceparent = tracecontext::traceparent(span.span_context());
+        spans.push(span);
+    }
+    spans
 }
 
 fn content_type_header(msg: &OwnedMessage) -> Option<String> {

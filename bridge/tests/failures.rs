@@ -375,3 +375,68 @@ async fn a_record_older_than_retention_goes_to_the_dlq_not_the_log() {
     })
     .await;
 }
+
+/// A rollout with the Deployment's dynamic membership (cooperative-sticky
+/// by default): a surge bridge joins and takes a share, the old one gets
+/// SIGTERM and leaves the group at once, so its partitions move without
+/// waiting out a session timeout, and nothing produced around it is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_hands_partitions_over_without_waiting_for_a_session() {
+    let mut s = stack(3, &[]).await;
+    s.bridge.take().unwrap().kill9();
+    s.group = format!("{}-rollout", s.group);
+    let old = spawn_bridge(&s, "bridge-old", &[]);
+    switchyard_testkit::wait_ready(s.bridge_admin, T).unwrap();
+    let p = big_producer(&s);
+    let topic = s.events_topic.clone();
+    for part in 0..3 {
+        produce_to(&p, &topic, part, &event(&format!("r-before{part}"), 0)).await;
+    }
+    stored(&s, 3, T).await;
+
+    let admin = switchyard_testkit::free_addr().unwrap().to_string();
+    let new = spawn_bridge(&s, "bridge-new", &[("SWITCHYARD_ADMIN_LISTEN", &admin)]);
+    eventually("the surge bridge to get partitions", T, || {
+        assignments(&new) >= 1
+    })
+    .await;
+    // Cooperative: the old bridge gave up only the share the new one took,
+    // and kept consuming the rest (an eager rebalance revokes all three).
+    let plain = strip_ansi(&old.log_text());
+    let first_revoke = plain
+        .lines()
+        .find(|l| l.contains("partitions revoked"))
+        .unwrap_or_else(|| panic!("no revoke in the old bridge's log:\n{plain}"));
+    assert!(first_revoke.ends_with("partitions=1"), "{first_revoke}");
+    let mut old = old;
+    old.term();
+    assert_eq!(old.wait_exit(Duration::from_secs(15)), Some(0));
+    let left = Instant::now();
+    for part in 0..3 {
+        produce_to(&p, &topic, part, &event(&format!("r-after{part}"), 1)).await;
+    }
+    // Well under the 8 s session timeout a static member would leave behind.
+    stored(&s, 6, Duration::from_secs(6)).await;
+    eprintln!(
+        "after the old bridge left, the surge bridge stored all partitions' events in {:?}",
+        left.elapsed()
+    );
+}
+
+/// `text` without ANSI colour sequences (the bridges log in colour).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}

@@ -27,6 +27,30 @@ pub struct LogEvent {
     pub content_type: String,
     pub created_at_ms: i64,
     pub entries: Vec<Entry>,
+    /// What the live path stamps on an event (empty for one read back from
+    /// the log).
+    pub live: LiveStamp,
+}
+
+/// The trace context and the stage times of an event on the live path:
+/// set by the bridge, carried in the live wire format, read by the
+/// gateway's delivery span and its per-stage latency histograms. Not stored
+/// in the log: a replayed event starts a trace of its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LiveStamp {
+    /// W3C `traceparent` of the span the delivery continues (empty: none).
+    pub traceparent: String,
+    /// When the bridge read the record from Kafka (ms since the epoch; 0:
+    /// unknown).
+    pub received_at_ms: i64,
+    /// When the PostgreSQL transaction holding it committed (0: not logged,
+    /// e.g. ephemeral or a client publish).
+    pub committed_at_ms: i64,
+    /// When it was put on Redis (0: unknown).
+    pub published_at_ms: i64,
+    /// When this gateway node received it from Redis (0: not received
+    /// live). Set by the node, not carried on the wire.
+    pub node_received_at_ms: i64,
 }
 
 /// An event to append.
@@ -97,6 +121,7 @@ mod tests {
     #[test]
     fn seq_in_finds_the_channel_entry() {
         let e = LogEvent {
+            live: Default::default(),
             event_id: "e1".into(),
             topic: "News".into(),
             tenant: String::new(),

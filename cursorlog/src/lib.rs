@@ -32,7 +32,7 @@ pub mod route;
 mod tls;
 
 pub use cursor::{Cursor, CursorError};
-pub use event::{Entry, LogEvent, NewEvent};
+pub use event::{Entry, LiveStamp, LogEvent, NewEvent};
 pub use log::{
     AppendOutcome, ChannelHead, CursorLog, LogError, LogStats, PageLimit, PoolOptions, ReadPage,
 };

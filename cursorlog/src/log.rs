@@ -408,6 +408,7 @@ impl CursorLog {
             c_created.push(ev.created_at_ms);
             c_expires.push(ev.expires_at);
             outcome.appended.push(LogEvent {
+                live: Default::default(),
                 event_id: ev.event_id.clone(),
                 topic: ev.topic.clone(),
                 tenant: ev.tenant.clone(),
@@ -484,6 +485,7 @@ impl CursorLog {
                     let chans: Vec<i64> = r.get(10);
                     let seqs: Vec<i64> = r.get(11);
                     Arc::new(LogEvent {
+                        live: Default::default(),
                         event_id: r.get(3),
                         topic: r.get(4),
                         tenant: r.get(5),

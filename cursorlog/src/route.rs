@@ -81,6 +81,7 @@ pub fn route<'a>(
     } = draft;
     if log_ids.is_empty() {
         return Route::Ephemeral(LogEvent {
+            live: Default::default(),
             event_id,
             topic,
             tenant,

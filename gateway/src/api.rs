@@ -458,6 +458,7 @@ async fn history(req: &Request<Incoming>, node: &Node) -> Response<Body> {
         user.as_deref(),
         node.cfg.page_limit(),
         limit,
+        None,
     )
     .await
     {

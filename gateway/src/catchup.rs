@@ -20,7 +20,7 @@
 
 use crate::golive::{GoLive, GoLiveHandle};
 use crate::metrics as m;
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, Path, Stamp};
 use crate::protocol;
 use crate::replay::{plan_page, Action};
 use crate::subscription::{set_position, Progress, SubSpec};
@@ -187,7 +187,7 @@ async fn deliver(
     // reads these positions when it removes the subscription. No read permit
     // is held here.
     tokio::select! {
-        r = tokio::time::timeout(ctx.stall_timeout, spec.tx.send(Outbound::Frame(frame))) => match r {
+        r = tokio::time::timeout(ctx.stall_timeout, spec.tx.send(Outbound::Message(frame, Stamp::new(event.created_at_ms, Path::Replay)))) => match r {
             Ok(Ok(())) => Flow::Sent,
             Ok(Err(_)) => {
                 *guard = before;

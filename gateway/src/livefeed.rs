@@ -56,8 +56,14 @@ impl LiveSink for NodeSink {
         self.fanout.resync().await;
     }
 
-    async fn event(&self, event: LogEvent) {
+    async fn event(&self, mut event: LogEvent) {
         self.state.events.fetch_add(1, Ordering::Relaxed);
+        let now = chrono::Utc::now().timestamp_millis();
+        if event.live.published_at_ms > 0 {
+            let s = (now - event.live.published_at_ms).max(0) as f64 / 1000.0;
+            metrics::histogram!(crate::metrics::STAGE_SECONDS, "stage" => "feed").record(s);
+        }
+        event.live.node_received_at_ms = now;
         let channels: Vec<i64> = event.entries.iter().map(|e| e.channel).collect();
         self.fanout.live(event).await;
         // Only the long-polls waiting on these channels wake.

@@ -18,6 +18,7 @@ pub(crate) const CONNECTIONS_TOTAL: &str = "switchyard_gateway_connections_total
 pub(crate) const SUBSCRIPTIONS: &str = "switchyard_gateway_subscriptions";
 pub(crate) const DELIVERED: &str = "switchyard_gateway_messages_delivered_total";
 pub(crate) const DELIVERY_LAG: &str = "switchyard_gateway_delivery_lag_seconds";
+pub(crate) const STAGE_SECONDS: &str = "switchyard_gateway_stage_seconds";
 pub(crate) const BACKFILLS: &str = "switchyard_gateway_backfills_total";
 pub(crate) const SLOW_CONSUMERS: &str = "switchyard_gateway_slow_consumers_total";
 pub(crate) const AUTH_FAILURES: &str = "switchyard_gateway_auth_failures_total";
@@ -48,6 +49,9 @@ const TOPIC: Label = Label::runtime("topic", TOPICS, "the topology's topics");
 
 /// Why the node reads from PostgreSQL for its live subscribers.
 const BACKFILL_REASON: Label = Label::fixed("reason", &["gap", "resync", "head_check", "catchup"]);
+
+/// `outbound::Path::as_str` values: how a message reached its client.
+pub(crate) const DELIVERY_PATHS: &[&str] = &["live", "replay", "backfill", "poll"];
 
 /// `AuthError::reason` values.
 pub(crate) const AUTH_REASONS: &[&str] = &[
@@ -88,8 +92,13 @@ const GATEWAY: &[Metric] = &[
     ),
     Metric::histogram(
         DELIVERY_LAG,
-        "Time from an event's created_at to its live delivery into client queues.",
-        &[],
+        "Time from an event's created_at to the socket write of its message (poll: to its response), by path: live (Redis fan-out), replay (a subscription's catch-up), backfill (a node backfill), poll.",
+        &[Label::fixed("path", DELIVERY_PATHS)],
+    ),
+    Metric::histogram(
+        STAGE_SECONDS,
+        "Per-stage latency of live events on the gateway, by stage: feed (the bridge's Redis publish to this node's receipt), write (this node's receipt to the socket write).",
+        &[Label::fixed("stage", &["feed", "write"])],
     ),
     Metric::counter(
         BACKFILLS,

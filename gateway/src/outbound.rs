@@ -20,6 +20,9 @@ use tokio::sync::{mpsc, Semaphore};
 pub enum Outbound {
     /// A data frame (text for JSON, binary for protobuf).
     Frame(Bytes),
+    /// A data frame carrying an event's message, with what the writer
+    /// measures once it is on the socket.
+    Message(Bytes, Stamp),
     /// A control frame the reader owes the peer (pong, close reply).
     Control(OpCode, Vec<u8>),
     /// Close the connection with this code and reason.
@@ -29,9 +32,60 @@ pub enum Outbound {
 impl Outbound {
     fn bytes(&self) -> usize {
         match self {
-            Outbound::Frame(b) => b.len(),
+            Outbound::Frame(b) | Outbound::Message(b, _) => b.len(),
             Outbound::Control(_, p) => p.len(),
             Outbound::Close(_, r) => r.len() + 2,
+        }
+    }
+}
+
+/// How a message reached its client (the `path` label of the delivery lag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// The fan-out, from the Redis live feed.
+    Live,
+    /// A subscription's catch-up from PostgreSQL.
+    Replay,
+    /// The fan-out, from a node backfill out of PostgreSQL.
+    Backfill,
+    /// A long-poll response.
+    Poll,
+}
+
+impl Path {
+    /// The `path` label (declared in [`crate::metrics::DELIVERY_PATHS`]).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::Live => "live",
+            Path::Replay => "replay",
+            Path::Backfill => "backfill",
+            Path::Poll => "poll",
+        }
+    }
+}
+
+/// What the writer measures when a message is on the socket: the delivery
+/// lag by path, the node's receive-to-write stage, and (for the one
+/// recipient per fan-out that is sampled) a `gateway.write` span.
+#[derive(Debug, Clone)]
+pub struct Stamp {
+    /// The event's `created_at` (ms since the epoch).
+    pub created_at_ms: i64,
+    /// When this node received it live (ms since the epoch; 0: not live).
+    pub received_at_ms: i64,
+    pub path: Path,
+    /// The span the write span is a child of; `None` for all but a sampled
+    /// recipient (no allocation per recipient).
+    pub trace: Option<Arc<opentelemetry::trace::SpanContext>>,
+}
+
+impl Stamp {
+    pub fn new(created_at_ms: i64, path: Path) -> Self {
+        Stamp {
+            created_at_ms,
+            received_at_ms: 0,
+            path,
+            trace: None,
         }
     }
 }
@@ -174,6 +228,16 @@ mod tests {
 
     fn frame(n: usize) -> Outbound {
         Outbound::Frame(Bytes::from(vec![b'x'; n]))
+    }
+
+    #[test]
+    fn every_path_is_a_declared_label_value() {
+        for p in [Path::Live, Path::Replay, Path::Backfill, Path::Poll] {
+            assert!(
+                crate::metrics::DELIVERY_PATHS.contains(&p.as_str()),
+                "{p:?}"
+            );
+        }
     }
 
     #[tokio::test]

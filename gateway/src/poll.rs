@@ -20,6 +20,7 @@ use crate::auth::Authenticator;
 use crate::error::RequestError;
 use crate::http::{authenticate, json_error, messages_response, query_param, Body};
 use crate::metrics as m;
+use crate::outbound::Path;
 use crate::replay::read_messages;
 use crate::subscribe::Planner;
 use crate::wakers::ChannelWakers;
@@ -178,7 +179,9 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: PollContext<'_>) -> Resp
     let mut positions = plan.positions;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
     let mut messages: Vec<Bytes>;
+    let mut created: Vec<i64> = Vec::new();
     loop {
+        created.clear();
         let user = Some(&*identity.user);
         let Ok(read) = ctx.read_permits.acquire().await else {
             return refuse(RequestError::NotStored);
@@ -190,6 +193,7 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: PollContext<'_>) -> Resp
             user,
             ctx.replay_page,
             MAX_MESSAGES,
+            Some(&mut created),
         )
         .await;
         drop(read);
@@ -211,7 +215,14 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: PollContext<'_>) -> Resp
     }
     drop(watch);
     let cursor = ctx.planner.cursors.encode(positions.iter().copied());
-    messages_response(&messages, &cursor, plan.recovered, None)
+    let response = messages_response(&messages, &cursor, plan.recovered, None);
+    // The response is complete here (its body is written without waiting).
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    for at in created {
+        metrics::histogram!(m::DELIVERY_LAG, "path" => Path::Poll.as_str())
+            .record((now_ms - at).max(0) as f64 / 1000.0);
+    }
+    response
 }
 
 fn now_secs() -> u64 {

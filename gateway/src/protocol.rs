@@ -589,6 +589,7 @@ mod tests {
     #[test]
     fn message_frames_are_valid_json() {
         let ev = LogEvent {
+            live: Default::default(),
             event_id: "e\"1".into(),
             topic: "News".into(),
             tenant: String::new(),

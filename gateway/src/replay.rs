@@ -117,6 +117,7 @@ pub(crate) async fn read_messages(
     user: Option<&str>,
     limit: PageLimit,
     max: usize,
+    mut created: Option<&mut Vec<i64>>,
 ) -> Result<(Vec<Bytes>, bool), LogError> {
     let mut messages: Vec<Bytes> = Vec::new();
     let mut bytes: i64 = 0;
@@ -154,6 +155,9 @@ pub(crate) async fn read_messages(
             let message = protocol::encode_message(Protocol::Json, &event, &cursor);
             bytes = bytes.saturating_add(message.len() as i64);
             messages.push(message);
+            if let Some(c) = created.as_deref_mut() {
+                c.push(event.created_at_ms);
+            }
         }
         if !progressed || !page.more {
             return Ok((messages, false));
@@ -169,6 +173,7 @@ mod tests {
 
     fn ev(id: &str, entries: &[(i64, i64)]) -> Arc<LogEvent> {
         Arc::new(LogEvent {
+            live: Default::default(),
             event_id: id.into(),
             topic: "T".into(),
             tenant: String::new(),

@@ -362,6 +362,7 @@ async fn forged_live_messages_neither_reach_clients_nor_suppress_real_ones() {
             .await
             .unwrap();
     let forged = switchyard_cursorlog::LogEvent {
+        live: Default::default(),
         event_id: "forged".into(),
         topic: "News".into(),
         tenant: String::new(),

@@ -41,7 +41,7 @@ pub use control::{
 pub use naming::{control_channel, live_channel, live_pattern, presence_events_channel};
 pub use publisher::Publisher;
 pub use subscriber::{subscribe, LiveSink, SubscriberConfig};
-pub use wire::{decode, decode_with, encode, encode_with, open, seal, LiveKey};
+pub use wire::{decode, decode_with, encode, encode_with, encode_with_at, open, seal, LiveKey};
 
 /// What can go wrong at the live feed's boundary.
 #[derive(Debug, thiserror::Error)]

@@ -61,10 +61,13 @@ impl Publisher {
             return;
         }
         let mut pipe = redis::pipe();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         for ev in events {
             pipe.publish(
                 live_channel(&self.prefix, &ev.topic),
-                wire::encode_with(ev, &self.epoch, self.key.as_ref()),
+                wire::encode_with_at(ev, &self.epoch, self.key.as_ref(), now),
             )
             .ignore();
         }

@@ -12,11 +12,19 @@ use hmac::{Hmac, Mac};
 use prost::Message as _;
 use sha2::Sha256;
 use std::sync::Arc;
-use switchyard_cursorlog::{Entry, LogEvent};
+use switchyard_cursorlog::{Entry, LiveStamp, LogEvent};
 use switchyard_proto::internal;
 
-/// Encodes `event` for Redis, stamped with the log `epoch`.
+/// Encodes `event` for Redis, stamped with the log `epoch`. Its
+/// [`LiveStamp`](switchyard_cursorlog::LiveStamp) travels in fields 10–13,
+/// which a decoder of the older format skips (and which the MAC covers like
+/// the rest); `published_at_ms` is the caller's.
 pub fn encode(event: &LogEvent, epoch: &str) -> Vec<u8> {
+    encode_at(event, epoch, event.live.published_at_ms)
+}
+
+/// [`encode`] with `published_at_ms` as the publish time.
+fn encode_at(event: &LogEvent, epoch: &str, published_at_ms: i64) -> Vec<u8> {
     internal::LiveEvent {
         epoch: epoch.to_owned(),
         id: event.event_id.clone(),
@@ -34,6 +42,10 @@ pub fn encode(event: &LogEvent, epoch: &str) -> Vec<u8> {
             })
             .collect(),
         tenant: event.tenant.clone(),
+        traceparent: event.live.traceparent.clone(),
+        received_at_ms: event.live.received_at_ms,
+        committed_at_ms: event.live.committed_at_ms,
+        published_at_ms,
     }
     .encode_to_vec()
 }
@@ -79,7 +91,17 @@ impl LiveKey {
 
 /// Encodes for Redis, authenticated when there is a key.
 pub fn encode_with(event: &LogEvent, epoch: &str, key: Option<&LiveKey>) -> Vec<u8> {
-    seal(encode(event, epoch), key)
+    encode_with_at(event, epoch, key, event.live.published_at_ms)
+}
+
+/// [`encode_with`] stamped as published at `published_at_ms`.
+pub fn encode_with_at(
+    event: &LogEvent,
+    epoch: &str,
+    key: Option<&LiveKey>,
+    published_at_ms: i64,
+) -> Vec<u8> {
+    seal(encode_at(event, epoch, published_at_ms), key)
 }
 
 /// Authenticates any message body under `key` (`S1`, a 16-byte MAC, then the
@@ -141,6 +163,13 @@ pub fn decode(bytes: &[u8]) -> Result<(String, LogEvent), FeedError> {
                     seq: e.seq,
                 })
                 .collect(),
+            live: LiveStamp {
+                traceparent: m.traceparent,
+                received_at_ms: m.received_at_ms,
+                committed_at_ms: m.committed_at_ms,
+                published_at_ms: m.published_at_ms,
+                node_received_at_ms: 0,
+            },
         },
     ))
 }
@@ -153,6 +182,7 @@ mod tests {
     #[test]
     fn roundtrip_keeps_every_entry_and_the_epoch() {
         let e = LogEvent {
+            live: Default::default(),
             event_id: "e1".into(),
             topic: "News".into(),
             tenant: "t".into(),
@@ -173,6 +203,45 @@ mod tests {
     }
 
     #[test]
+    fn the_live_stamp_roundtrips_and_is_authenticated() {
+        let mut e = LogEvent {
+            live: LiveStamp {
+                traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+                received_at_ms: 10,
+                committed_at_ms: 11,
+                published_at_ms: 0,
+                node_received_at_ms: 0,
+            },
+            event_id: "e1".into(),
+            topic: "News".into(),
+            tenant: String::new(),
+            user_id: None,
+            payload: Bytes::from_static(b"{}"),
+            content_type: "application/json".into(),
+            created_at_ms: 5,
+            entries: vec![Entry { channel: 1, seq: 2 }],
+        };
+        let key = LiveKey::new(&[7u8; 32]);
+        let signed = encode_with_at(&e, "ep", Some(&key), 12);
+        let (_, back) = decode_with(&signed, Some(&key)).unwrap();
+        e.live.published_at_ms = 12;
+        assert_eq!(back, e);
+        // The stamp is under the MAC: changing the trace context is refused.
+        let at = signed.windows(3).position(|w| w == b"00-").unwrap();
+        let mut forged = signed.clone();
+        forged[at + 3] = b'5';
+        assert!(matches!(
+            decode_with(&forged, Some(&key)),
+            Err(FeedError::Unauthenticated)
+        ));
+        // An event without a stamp encodes as the format before it did.
+        e.live = LiveStamp::default();
+        let plain = encode(&e, "ep");
+        assert!(!plain.windows(3).any(|w| w == b"00-"));
+        assert_eq!(decode(&plain).unwrap().1, e);
+    }
+
+    #[test]
     fn garbage_is_an_error() {
         assert!(matches!(decode(b"\xff\xff"), Err(FeedError::Decode(_))));
     }
@@ -180,6 +249,7 @@ mod tests {
     #[test]
     fn authenticated_messages_need_the_key() {
         let ev = LogEvent {
+            live: Default::default(),
             event_id: "e".into(),
             topic: "T".into(),
             tenant: String::new(),

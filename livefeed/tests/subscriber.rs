@@ -42,6 +42,7 @@ impl LiveSink for Recorder {
 
 fn event(id: &str) -> LogEvent {
     LogEvent {
+        live: Default::default(),
         event_id: id.into(),
         topic: "News".into(),
         tenant: String::new(),

@@ -9,6 +9,8 @@
 //!   rendering and drift check of `deploy/metrics.txt`.
 //! - [`telemetry`]: tracing (text or JSON logs, optional OTLP export), the
 //!   Prometheus recorder and its upkeep.
+//! - [`tracecontext`]: W3C trace context from Kafka headers and in the
+//!   live event, and whether tracing is on at all.
 //! - [`backoff`]: the one retry delay policy (exponential, full jitter)
 //!   every retry loop of both binaries uses.
 //! - [`shutdown`]: waiting for SIGTERM / SIGINT.
@@ -22,3 +24,4 @@ pub mod catalog;
 pub mod config;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tracecontext;

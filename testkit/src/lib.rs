@@ -21,6 +21,7 @@
 //! | `client` | the WebSocket test client speaking the JSON protocol |
 //! | `api` | the gateways' server API: the test key, one JSON request |
 //! | `fuzz` | corpus-driven fuzz targets on stable Rust: the corpus in `fuzz/corpus/`, mutating input strategies, the case count |
+//! | `otlp` | an OTLP/HTTP trace receiver that keeps the spans it is sent |
 //!
 //! Invariant: every stack uses its own database, topics, Redis prefix and
 //! ports, so tests run in parallel and repeated runs never collide; every
@@ -32,6 +33,7 @@ mod client;
 mod database;
 mod event;
 pub mod fuzz;
+mod otlp;
 mod probe;
 mod process;
 mod redis;
@@ -43,6 +45,7 @@ pub use broker::{committed_offsets, tansu_bin, Broker};
 pub use client::{ids, ns, Client, Connect};
 pub use database::{pg_base, Database, PgServer};
 pub use event::{news, now_ms};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use probe::{
     ensure_loopback, free_addr, free_port, http_get, http_get_async, wait_port_async, wait_ready,
     wait_serving,

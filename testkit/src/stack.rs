@@ -214,14 +214,15 @@ impl Stack {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let mut cmd = Command::new(binary("switchyard-gateway"));
+        // Defaults a test's `StackOptions::env` may override.
         cmd.env("SWITCHYARD_API_LISTEN", api.to_string())
-            .env("SWITCHYARD_API_KEYS", API_KEY);
+            .env("SWITCHYARD_API_KEYS", API_KEY)
+            .env("SWITCHYARD_HEAD_CHECK_MS", "500")
+            .env("SWITCHYARD_DRAIN_SECONDS", "2");
         self.common_env(&mut cmd);
         cmd.env("SWITCHYARD_LISTEN", listen.to_string())
             .env("SWITCHYARD_ADMIN_LISTEN", admin.to_string())
-            .env("SWITCHYARD_JWT_HS256_SECRET", SECRET)
-            .env("SWITCHYARD_HEAD_CHECK_MS", "500")
-            .env("SWITCHYARD_DRAIN_SECONDS", "2");
+            .env("SWITCHYARD_JWT_HS256_SECRET", SECRET);
         let i = self.gateways.len();
         let proc = Proc::spawn(&format!("gateway-{i}"), cmd, &self.dir)?;
         self.gateways.push(GatewayNode {
@@ -278,6 +279,33 @@ impl Stack {
         for r in futures::future::join_all(futs).await {
             r.map_err(|(e, _)| anyhow!("produce failed: {e}"))?;
         }
+        Ok(())
+    }
+
+    /// Produces one record with `headers` (e.g. a W3C `traceparent`).
+    pub async fn produce_with_headers(
+        &self,
+        key: &str,
+        value: &[u8],
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let mut h = rdkafka::message::OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(rdkafka::message::Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        self.producer
+            .send(
+                FutureRecord::to(&self.events_topic)
+                    .key(key)
+                    .payload(value)
+                    .headers(h),
+                Duration::from_secs(15),
+            )
+            .await
+            .map_err(|(e, _)| anyhow!("produce failed: {e}"))?;
         Ok(())
     }
 

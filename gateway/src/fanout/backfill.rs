@@ -25,6 +25,7 @@ use std::time::Duration;
 use switchyard_cursorlog::{CursorLog, LogError, LogEvent};
 use switchyard_ops::backoff::Backoff;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
 
 /// Reads a backfill retries before it gives up.
 const ATTEMPTS: u32 = 3;
@@ -112,7 +113,8 @@ fn start(shard: &mut Shard, reason: &'static str, bound: Option<HashMap<i64, i64
     shard.tasks.spawn(async move {
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = run(&log, page, &me, tracked, bound, reason) => r,
+            r = run(&log, page, &me, tracked, bound, reason)
+                .instrument(tracing::info_span!("gateway.backfill", reason)) => r,
         };
         let _ = me
             .send(Command::Backfill(Report::Done { reason, outcome }))

@@ -22,17 +22,21 @@ use super::Command;
 use crate::catchup::{self, CatchupContext, CatchupJob};
 use crate::golive::{GoLive, GoLiveHandle, GoLiveRequest};
 use crate::metrics as m;
-use crate::outbound::{Outbound, QueueError};
+use crate::outbound::{Outbound, Path, QueueError, Stamp};
 use crate::protocol::{self, Protocol};
 use crate::replay;
 use crate::subscription::{Positions, Progress, SubId, SubSpec};
 use bytes::Bytes;
+use opentelemetry::trace::TraceContextExt as _;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use switchyard_cursorlog::LogEvent;
+use switchyard_ops::tracecontext;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 pub(super) struct ChanState {
     /// Highest sequence delivered to live subscribers; `None` until known.
@@ -133,8 +137,9 @@ impl Shard {
     }
 
     fn spawn_catchup(&self, spec: SubSpec, progress: Arc<Progress>) {
+        let span = tracing::info_span!("gateway.catchup", topic = %spec.topic);
         let job = CatchupJob { spec, progress };
-        let run = catchup::run(self.catchup.clone(), self.golive.clone(), job);
+        let run = catchup::run(self.catchup.clone(), self.golive.clone(), job).instrument(span);
         let shutdown = self.cancel.clone();
         self.tasks.spawn(async move {
             tokio::select! {
@@ -282,7 +287,7 @@ impl Shard {
             .map(|e| e.channel)
             .collect();
         if !ephemeral.is_empty() {
-            self.deliver(&ev, &ephemeral);
+            self.deliver(&ev, &ephemeral, Path::Live);
         }
         let (fresh, gap) = self.classify(&ev);
         if gap {
@@ -294,7 +299,7 @@ impl Shard {
         if fresh.is_empty() {
             return;
         }
-        self.deliver(&ev, &fresh);
+        self.deliver(&ev, &fresh, Path::Live);
         self.advance(&ev, &fresh);
     }
 
@@ -311,13 +316,22 @@ impl Shard {
 
     /// Delivers `ev` to the live subscribers of `via` (channels whose entry of
     /// `ev` is the next in sequence). `last_seen` is not yet advanced.
-    pub(super) fn deliver(&mut self, ev: &LogEvent, via: &[i64]) {
+    ///
+    /// A live event that carries a trace context gets one `gateway.fanout`
+    /// span (its recipient count an attribute), and the first recipient's
+    /// message a `gateway.write` span: tracing costs one span per event and
+    /// node, not one per socket.
+    pub(super) fn deliver(&mut self, ev: &LogEvent, via: &[i64], path: Path) {
         self.stamp += 1;
         let stamp = self.stamp;
+        let span = fanout_span(ev, path);
+        let mut sampled = span.as_ref().and_then(|s| {
+            let sc = s.context().span().span_context().clone();
+            sc.is_valid().then(|| Arc::new(sc))
+        });
         let mut frames: HashMap<(usize, Protocol), Bytes> = HashMap::new();
         let mut demote: Vec<SubId> = Vec::new();
         let mut gone: Vec<SubId> = Vec::new();
-        let lag = delivery_lag_seconds(ev.created_at_ms);
         let mut delivered = 0u64;
         for ch in via {
             let Some(st) = self.channels.get(ch) else {
@@ -374,7 +388,13 @@ impl Shard {
                         f
                     }
                 };
-                match sub.spec.tx.try_send(Outbound::Frame(frame)) {
+                let st = Stamp {
+                    created_at_ms: ev.created_at_ms,
+                    received_at_ms: ev.live.node_received_at_ms,
+                    path,
+                    trace: sampled.take(),
+                };
+                match sub.spec.tx.try_send(Outbound::Message(frame, st)) {
                     Ok(()) => delivered += 1,
                     Err(QueueError::Full) => demote.push(*sid),
                     Err(QueueError::Closed) => gone.push(*sid),
@@ -384,7 +404,9 @@ impl Shard {
         if delivered > 0 {
             metrics::counter!(m::DELIVERED, "topic" => ev.topic.clone(), "mode" => "live")
                 .increment(delivered);
-            metrics::histogram!(m::DELIVERY_LAG).record(lag);
+        }
+        if let Some(span) = span {
+            span.record("recipients", delivered);
         }
         for sid in demote {
             self.demote(sid);
@@ -474,7 +496,7 @@ impl Shard {
                 }
                 replay::Action::Event { event, fresh, .. } => {
                     let via: Vec<i64> = fresh.iter().map(|f| f.0).collect();
-                    self.deliver(&event, &via);
+                    self.deliver(&event, &via, Path::Backfill);
                     for (ch, seq) in fresh {
                         if let Some(st) = self.channels.get_mut(&ch) {
                             st.last_seen = Some(seq);
@@ -514,8 +536,20 @@ impl Shard {
     }
 }
 
-/// Seconds from the event's creation to now (0 when the clock is behind).
-pub(crate) fn delivery_lag_seconds(created_at_ms: i64) -> f64 {
-    let now = chrono::Utc::now().timestamp_millis();
-    now.saturating_sub(created_at_ms).max(0) as f64 / 1000.0
+/// The `gateway.fanout` span of a live event with a trace context, a child
+/// of the bridge span it names; `None` when tracing is off or the event
+/// carries none.
+fn fanout_span(ev: &LogEvent, path: Path) -> Option<tracing::Span> {
+    if path != Path::Live || !tracecontext::enabled() {
+        return None;
+    }
+    let parent = tracecontext::parse(&ev.live.traceparent)?;
+    let span = tracing::info_span!(
+        "gateway.fanout",
+        topic = %ev.topic,
+        event_id = %ev.event_id,
+        recipients = tracing::field::Empty
+    );
+    let _ = span.set_parent(tracecontext::remote_parent(parent));
+    Some(span)
 }

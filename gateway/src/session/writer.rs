@@ -10,7 +10,8 @@
 //! instead of holding the task; the connection token is cancelled when the
 //! writer ends, which stops the reader.
 
-use crate::outbound::{Outbound, OutboundRx};
+use crate::metrics as m;
+use crate::outbound::{Outbound, OutboundRx, Stamp};
 use crate::protocol::{self, ErrorCode, Protocol, Reply};
 use fastwebsockets::{Frame, OpCode, Payload};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +46,42 @@ pub(crate) struct WriterLinks {
     pub(crate) connection: CancellationToken,
     pub(crate) last_read: Arc<AtomicU64>,
     pub(crate) epoch: Instant,
+}
+
+/// Records what the messages just written measure: their delivery lag by
+/// path, the node's receive-to-write stage of live ones, and a
+/// `gateway.write` span for a sampled one. Empties `stamps`.
+fn written_out(stamps: &mut Vec<Stamp>, write_started: std::time::SystemTime) {
+    if stamps.is_empty() {
+        return;
+    }
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let secs = |from: i64| (now_ms - from).max(0) as f64 / 1000.0;
+    for st in stamps.drain(..) {
+        metrics::histogram!(m::DELIVERY_LAG, "path" => st.path.as_str())
+            .record(secs(st.created_at_ms));
+        if st.received_at_ms > 0 {
+            metrics::histogram!(m::STAGE_SECONDS, "stage" => "write")
+                .record(secs(st.received_at_ms));
+        }
+        if let Some(parent) = st.trace {
+            use opentelemetry::trace::{Span as _, Tracer as _};
+            let tracer = switchyard_ops::tracecontext::tracer();
+            let mut span = tracer
+                .span_builder("gateway.write")
+                .with_kind(opentelemetry::trace::SpanKind::Producer)
+                .with_start_time(write_started)
+                .with_attributes(vec![opentelemetry::KeyValue::new(
+                    "switchyard.path",
+                    st.path.as_str(),
+                )])
+                .start_with_context(
+                    &tracer,
+                    &switchyard_ops::tracecontext::remote_parent((*parent).clone()),
+                );
+            span.end();
+        }
+    }
 }
 
 fn now_secs() -> u64 {
@@ -98,6 +135,8 @@ where
     // The writer's own frames (drain, expiry, keepalive): not from the
     // queue, so they hold no bytes of its budget.
     let mut own: Vec<Outbound> = Vec::new();
+    // The stamps of the messages in `buf`, measured once it is written.
+    let mut stamps: Vec<Stamp> = Vec::new();
     let mut keepalive =
         tokio::time::interval_at(tokio::time::Instant::now() + cfg.keepalive, cfg.keepalive);
     // The futures are created once, not per wake-up: `drain` is one token
@@ -182,6 +221,10 @@ where
             }
             match item {
                 Outbound::Frame(b) => push_frame(&mut buf, data_op, &b),
+                Outbound::Message(b, stamp) => {
+                    push_frame(&mut buf, data_op, &b);
+                    stamps.push(stamp);
+                }
                 Outbound::Control(OpCode::Close, p) => {
                     push_frame(&mut buf, OpCode::Close, &p);
                     closing = true;
@@ -196,13 +239,14 @@ where
         if !buf.is_empty() {
             // Boxed: the timer exists only while a write is in flight, so an
             // idle connection's task does not carry it.
+            let write_started = std::time::SystemTime::now();
             let write = Box::pin(tokio::time::timeout(cfg.write_timeout, w.write_all(&buf)));
             let written = tokio::select! {
                 r = write => r,
                 _ = &mut conn_ended => break,
             };
             match written {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => written_out(&mut stamps, write_started),
                 Ok(Err(_)) => break,
                 Err(_) => {
                     metrics::counter!(crate::metrics::STALLED_CLOSES, "where" => "socket")
@@ -220,6 +264,7 @@ where
             buf = Vec::new();
             batch = Vec::new();
             own = Vec::new();
+            stamps = Vec::new();
         } else if buf.capacity() > 64 * 1024 {
             buf = Vec::new();
         }
