@@ -22,6 +22,7 @@ use switchyard_testkit::fuzz;
 fn check_parse(protocol: Protocol, data: &[u8]) {
     match parse(protocol, data) {
         Ok(Request::Subscribe { topic, .. })
+        | Ok(Request::Presence { topic, .. })
         | Ok(Request::Unsubscribe { topic, .. })
         | Ok(Request::Publish { topic, .. }) => {
             assert!(!topic.is_empty() && topic.len() <= 256, "topic {topic:?}");
@@ -91,9 +92,16 @@ fn request() -> impl Strategy<Value = Request> {
         (
             any::<u64>(),
             topic(),
-            proptest::option::of("[A-Za-z0-9_-]{1,64}")
+            proptest::option::of("[A-Za-z0-9_-]{1,64}"),
+            any::<bool>()
         )
-            .prop_map(|(id, topic, cursor)| Request::Subscribe { id, topic, cursor }),
+            .prop_map(|(id, topic, cursor, presence)| Request::Subscribe {
+                id,
+                topic,
+                cursor,
+                presence
+            }),
+        (any::<u64>(), topic()).prop_map(|(id, topic)| Request::Presence { id, topic }),
         (any::<u64>(), topic()).prop_map(|(id, topic)| Request::Unsubscribe { id, topic }),
         any::<u64>().prop_map(|id| Request::Ping { id }),
         (any::<u64>(), "[A-Za-z0-9._-]{1,200}")
@@ -103,13 +111,22 @@ fn request() -> impl Strategy<Value = Request> {
 
 fn to_json(r: &Request) -> Value {
     match r {
-        Request::Subscribe { id, topic, cursor } => {
+        Request::Subscribe {
+            id,
+            topic,
+            cursor,
+            presence,
+        } => {
             let mut v = json!({"type": "subscribe", "id": id, "topic": topic});
             if let Some(c) = cursor {
                 v["cursor"] = json!(c);
             }
+            if *presence {
+                v["presence"] = json!(true);
+            }
             v
         }
+        Request::Presence { id, topic } => json!({"type": "presence", "id": id, "topic": topic}),
         Request::Unsubscribe { id, topic } => {
             json!({"type": "unsubscribe", "id": id, "topic": topic})
         }
@@ -122,9 +139,20 @@ fn to_json(r: &Request) -> Value {
 fn to_proto(r: &Request) -> pb::ClientFrame {
     use pb::client_frame::Kind;
     let (id, kind) = match r.clone() {
-        Request::Subscribe { id, topic, cursor } => {
-            (id, Kind::Subscribe(pb::Subscribe { topic, cursor }))
-        }
+        Request::Subscribe {
+            id,
+            topic,
+            cursor,
+            presence,
+        } => (
+            id,
+            Kind::Subscribe(pb::Subscribe {
+                topic,
+                cursor,
+                presence,
+            }),
+        ),
+        Request::Presence { id, topic } => (id, Kind::Presence(pb::PresenceRequest { topic })),
         Request::Unsubscribe { id, topic } => (id, Kind::Unsubscribe(pb::Unsubscribe { topic })),
         Request::Ping { id } => (id, Kind::Ping(pb::Ping {})),
         Request::Refresh { id, token } => (id, Kind::Refresh(pb::Refresh { token })),
@@ -212,6 +240,7 @@ proptest! {
             content_type: payload.1.clone(),
             created_at_ms: created,
             entries: vec![Entry { channel: 1, seq: 1 }],
+            live: Default::default(),
         };
         let frame = encode_message(Protocol::Json, &ev, &cursor);
         let v: Value = serde_json::from_slice(&frame).unwrap();
