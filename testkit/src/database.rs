@@ -180,6 +180,17 @@ impl PgServer {
             .status();
     }
 
+    /// The postmaster's pid (from `postmaster.pid`), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     pub fn base_url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}", self.port)
     }

@@ -20,12 +20,14 @@
 //! | `event` | the events tests produce |
 //! | `client` | the WebSocket test client speaking the JSON protocol |
 //! | `api` | the gateways' server API: the test key, one JSON request |
+//! | `attack` | hostile clients (fragment floods, slowloris, malformed frames, stalled readers, bad tokens and cursors, poll floods) |
 //!
 //! Invariant: every stack uses its own database, topics, Redis prefix and
 //! ports, so tests run in parallel and repeated runs never collide; every
 //! child process is killed when its handle drops.
 
 mod api;
+pub mod attack;
 mod broker;
 mod client;
 mod database;
@@ -40,6 +42,7 @@ pub use api::{api_request, API_KEY};
 pub use broker::{committed_offsets, tansu_bin, Broker};
 pub use client::{ids, ns, Client, Connect};
 pub use database::{pg_base, Database, PgServer};
+pub use attack::Outcome;
 pub use event::{news, now_ms};
 pub use probe::{
     ensure_loopback, free_addr, free_port, http_get, http_get_async, wait_port_async, wait_ready,
