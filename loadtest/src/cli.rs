@@ -100,7 +100,9 @@ impl SoakArgs {
     }
 
     pub fn clients(&self) -> usize {
-        self.clients.unwrap_or(if self.ci { 300 } else { 2000 }).max(1)
+        self.clients
+            .unwrap_or(if self.ci { 300 } else { 2000 })
+            .max(1)
     }
 }
 

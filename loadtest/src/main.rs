@@ -80,7 +80,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .join(" ");
             let r = switchyard_loadtest::scenario::soak::run(args, command).await?;
             switchyard_loadtest::scenario::soak::report::write(&out_dir, &r)?;
-            println!("{}", switchyard_loadtest::scenario::soak::report::markdown(&r));
+            println!(
+                "{}",
+                switchyard_loadtest::scenario::soak::report::markdown(&r)
+            );
             eprintln!("wrote {}/soak.{{json,md}}", out_dir.display());
             if r.ok {
                 Ok(0)

@@ -97,7 +97,8 @@ pub async fn fragment_flood(
 pub async fn slowloris(addr: SocketAddr, limit: Duration) -> anyhow::Result<Outcome> {
     ensure_loopback(&addr)?;
     let mut sock = tokio::net::TcpStream::connect(addr).await?;
-    sock.write_all(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\n").await?;
+    sock.write_all(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\n")
+        .await?;
     let started = Instant::now();
     let mut buf = [0u8; 1024];
     loop {
@@ -179,7 +180,8 @@ pub async fn stalled_reader(
     hold: Duration,
 ) -> anyhow::Result<Outcome> {
     let mut c = Client::connect(ws_url, token).await?;
-    c.request(json!({"type": "subscribe", "topic": topic})).await?;
+    c.request(json!({"type": "subscribe", "topic": topic}))
+        .await?;
     let started = Instant::now();
     // Not reading: the socket's buffers and the node's queue fill up.
     tokio::time::sleep(hold).await;

@@ -39,10 +39,10 @@ mod stack;
 mod token;
 
 pub use api::{api_request, API_KEY};
+pub use attack::Outcome;
 pub use broker::{committed_offsets, tansu_bin, Broker};
 pub use client::{ids, ns, Client, Connect};
 pub use database::{pg_base, Database, PgServer};
-pub use attack::Outcome;
 pub use event::{news, now_ms};
 pub use probe::{
     ensure_loopback, free_addr, free_port, http_get, http_get_async, wait_port_async, wait_ready,

@@ -201,10 +201,7 @@ pub(super) async fn inject(
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    if matches!(
-        kind,
-        FaultKind::GatewaySigkill | FaultKind::GatewaySigterm
-    ) {
+    if matches!(kind, FaultKind::GatewaySigkill | FaultKind::GatewaySigterm) {
         let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
             if live_good(w) >= live_before {
@@ -272,7 +269,8 @@ async fn read_only_window(base: &str, window: Duration) -> anyhow::Result<()> {
         .context("connecting to switch PostgreSQL read-only")?;
     let conn = tokio::spawn(conn);
     // This session must stay able to undo it.
-    c.simple_query("SET default_transaction_read_only = off").await?;
+    c.simple_query("SET default_transaction_read_only = off")
+        .await?;
     c.simple_query("ALTER SYSTEM SET default_transaction_read_only = on")
         .await?;
     c.simple_query("SELECT pg_reload_conf()").await?;
@@ -305,10 +303,7 @@ pub(super) fn schedule(
         .map(|i| {
             let kind = FaultKind::CYCLE[i % FaultKind::CYCLE.len()];
             let mut node = 0;
-            if matches!(
-                kind,
-                FaultKind::GatewaySigkill | FaultKind::GatewaySigterm
-            ) {
+            if matches!(kind, FaultKind::GatewaySigkill | FaultKind::GatewaySigterm) {
                 node = gateway_faults % nodes.max(1);
                 gateway_faults += 1;
             }

@@ -102,9 +102,7 @@ async fn stream(plan: FeedPlan, p: u32, feed: Arc<Feed>) {
             },
         );
         loop {
-            let record = FutureRecord::to(&plan.kafka_topic)
-                .key(&key)
-                .payload(&buf);
+            let record = FutureRecord::to(&plan.kafka_topic).key(&key).payload(&buf);
             match plan.producer.send(record, Duration::from_secs(5)).await {
                 Ok(_) => break,
                 Err(_) if feed.give_up.load(Relaxed) => return,

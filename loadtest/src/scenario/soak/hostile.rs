@@ -243,7 +243,11 @@ mod tests {
     fn judging_tells_a_bounded_answer_from_a_hole() {
         let t = Duration::from_secs(2);
         assert!(matches!(
-            judge("fragment flood", &Outcome::Closed(1009, vec!["too_large".into()]), t),
+            judge(
+                "fragment flood",
+                &Outcome::Closed(1009, vec!["too_large".into()]),
+                t
+            ),
             Verdict::Expected
         ));
         assert!(matches!(

@@ -72,7 +72,10 @@ pub async fn run(args: SoakArgs, command: String) -> anyhow::Result<SoakReport> 
         ("RUST_LOG", args.server_log.as_str()),
         ("SWITCHYARD_LIVE_KEY", LIVE_KEY),
         ("SWITCHYARD_CLIENT_STALL_MS", "5000"),
-        ("SWITCHYARD_HEADER_TIMEOUT_MS", &HEADER_TIMEOUT_MS.to_string()),
+        (
+            "SWITCHYARD_HEADER_TIMEOUT_MS",
+            &HEADER_TIMEOUT_MS.to_string(),
+        ),
         ("SWITCHYARD_MAX_POLLS", "64"),
         ("SWITCHYARD_KAFKA_OPTIONS", "fetch.wait.max.ms=10"),
     ]
@@ -190,12 +193,7 @@ pub async fn run(args: SoakArgs, command: String) -> anyhow::Result<SoakReport> 
 
     // Faults: from 10 % of the time to 80 %, about one cycle per two minutes.
     let cycles = ((planned / 150.0).round() as usize).max(1);
-    let plan = schedule(
-        (planned * 0.1).max(8.0),
-        planned * 0.8,
-        cycles,
-        nodes.len(),
-    );
+    let plan = schedule((planned * 0.1).max(8.0), planned * 0.8, cycles, nodes.len());
     let mut records = Vec::new();
     {
         let watch = Watch {
@@ -232,7 +230,12 @@ pub async fn run(args: SoakArgs, command: String) -> anyhow::Result<SoakReport> 
     let produced = feed.produced();
     let total: u64 = produced.iter().sum();
     eprintln!("produced {total} events; draining");
-    drain(&fleet, &produced, Duration::from_secs_f64(args.drain_timeout_seconds)).await;
+    drain(
+        &fleet,
+        &produced,
+        Duration::from_secs_f64(args.drain_timeout_seconds),
+    )
+    .await;
     let tally = Tally::collect(&fleet.conns, &produced);
     attacking.abort_all();
     while attacking.join_next().await.is_some() {}
@@ -245,11 +248,7 @@ pub async fn run(args: SoakArgs, command: String) -> anyhow::Result<SoakReport> 
         .and_then(|r| r.map_err(|e| eprintln!("reading the DLQ: {e:#}")).ok());
     sampling.store(false, Relaxed);
     let _ = sampler.await;
-    let churns = fleet
-        .conns
-        .iter()
-        .map(|c| c.churns.load(Relaxed))
-        .sum();
+    let churns = fleet.conns.iter().map(|c| c.churns.load(Relaxed)).sum();
     let expected = fleet_expected(&fleet, &produced);
     fleet.shutdown(Duration::from_secs(10)).await;
 
@@ -278,9 +277,7 @@ pub async fn run(args: SoakArgs, command: String) -> anyhow::Result<SoakReport> 
     }
     match stored_events {
         Some(n) if n == total as i64 => {}
-        Some(n) => problems.push(format!(
-            "the log holds {n} events, {total} were produced"
-        )),
+        Some(n) => problems.push(format!("the log holds {n} events, {total} were produced")),
         None => problems.push("the log could not be counted".into()),
     }
     let trusted = hostile.forged_trusted.load(Relaxed);
@@ -299,7 +296,11 @@ pub async fn run(args: SoakArgs, command: String) -> anyhow::Result<SoakReport> 
     }
     for f in &records {
         if let Some(e) = &f.error {
-            problems.push(format!("fault {} at {:.0}s failed: {e}", f.kind.name(), f.at_s));
+            problems.push(format!(
+                "fault {} at {:.0}s failed: {e}",
+                f.kind.name(),
+                f.at_s
+            ));
         } else if f.delivery_s.is_none() {
             problems.push(format!(
                 "delivery did not resume within 90 s of the {} at {:.0}s",

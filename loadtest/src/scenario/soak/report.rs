@@ -74,7 +74,11 @@ pub struct SoakReport {
 
 /// Recovery figures per kind, in schedule order.
 pub(super) fn recovery(faults: &[FaultRecord]) -> Vec<RecoveryRow> {
-    let max = |v: &[f64]| v.iter().copied().fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    let max = |v: &[f64]| {
+        v.iter()
+            .copied()
+            .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+    };
     FaultKind::CYCLE
         .iter()
         .filter_map(|k| {
@@ -128,7 +132,10 @@ pub fn markdown(r: &SoakReport) -> String {
         r.hostile
     );
     let _ = writeln!(s, "| events produced | deliveries | expected | lost | duplicated | out of scope | redelivered after reconnect (dropped by id) | `recovered: false` on resume | stored in the log | in the DLQ |");
-    let _ = writeln!(s, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        s,
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     let _ = writeln!(
         s,
         "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
@@ -187,9 +194,15 @@ pub fn markdown(r: &SoakReport) -> String {
             m.bound_mib.map_or("–".into(), |b| format!("{b:.0}"))
         );
     }
-    let _ = writeln!(s, "\nPostgreSQL rows: the postmaster and its backends together.\n");
+    let _ = writeln!(
+        s,
+        "\nPostgreSQL rows: the postmaster and its backends together.\n"
+    );
     let _ = writeln!(s, "## Attacks\n");
-    let _ = writeln!(s, "| attack | runs | answered as expected | unexpected | node unreachable |");
+    let _ = writeln!(
+        s,
+        "| attack | runs | answered as expected | unexpected | node unreachable |"
+    );
     let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: |");
     for (k, t) in &r.attacks {
         let _ = writeln!(
@@ -210,7 +223,10 @@ pub fn markdown(r: &SoakReport) -> String {
         }
     }
     let _ = writeln!(s, "\n## Faults injected\n");
-    let _ = writeln!(s, "| at s | fault | target | down s | delivering again s | clients back s | error |");
+    let _ = writeln!(
+        s,
+        "| at s | fault | target | down s | delivering again s | clients back s | error |"
+    );
     let _ = writeln!(s, "| ---: | --- | --- | ---: | ---: | ---: | --- |");
     for f in &r.faults {
         let _ = writeln!(
