@@ -35,6 +35,8 @@ if [ "$1" = "soak" ]; then
   cargo build --release -q -p switchyard-bridge -p switchyard-gateway
   command -v "${TANSU_BIN:-tansu}" >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/tansu" ] \
     || { echo "tansu is missing: cargo install tansu --locked --features dynostore,postgres" >&2; exit 1; }
+  # Built just now: the soak starts them from there, without cargo.
+  export SWITCHYARD_BIN_DIR="${CARGO_TARGET_DIR:-target}/release"
   exec "${CARGO_TARGET_DIR:-target}/release/switchyard-loadtest" soak "$@"
 fi
 

@@ -78,7 +78,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .chain(std::env::args().skip(2))
                 .collect::<Vec<_>>()
                 .join(" ");
-            let r = switchyard_loadtest::scenario::soak::run(args, command).await?;
+            // Ctrl-C or SIGTERM drops the run, and with it every server it
+            // started (their handles kill them).
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let r = tokio::select! {
+                r = switchyard_loadtest::scenario::soak::run(args, command) => r?,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+                _ = term.recv() => anyhow::bail!("terminated"),
+            };
             switchyard_loadtest::scenario::soak::report::write(&out_dir, &r)?;
             println!(
                 "{}",
