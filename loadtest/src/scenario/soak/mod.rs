@@ -437,20 +437,20 @@ async fn sample_memory(
     }
 }
 
-/// Records in the (single-partition) DLQ topic.
+/// Records in the DLQ topic (one partition, as the stack creates it),
+/// from its watermarks; retried, as the broker may have restarted lately.
 fn dlq_count(brokers: &str, topic: &str) -> anyhow::Result<i64> {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
     let c: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("soak-dlq-{}", crate::infra::suffix()))
         .create()?;
-    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut n = 0;
-    for t in md.topics() {
-        for p in t.partitions() {
-            let (lo, hi) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
-            n += hi - lo;
+    let mut last = None;
+    for _ in 0..4 {
+        match c.fetch_watermarks(topic, 0, Duration::from_secs(15)) {
+            Ok((lo, hi)) => return Ok(hi - lo),
+            Err(e) => last = Some(e),
         }
     }
-    Ok(n)
+    Err(last.map_or_else(|| anyhow::anyhow!("no answer"), Into::into))
 }
