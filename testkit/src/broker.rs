@@ -109,15 +109,14 @@ impl Broker {
     /// (`testkit/sql/tansu-postgres.sql`, from the tansu release installed
     /// here) created first.
     pub async fn start_postgres(dir: &Path, pg_base: &str) -> anyhow::Result<Broker> {
-        let mut db = crate::database::Database::create_as(pg_base, crate::unique("tansu")).await?;
-        // The broker outlives this handle; the database goes with its server.
-        db.set_keep(true);
+        let db = crate::database::Database::create_as(pg_base, crate::unique("tansu")).await?;
         let client = db.client().await?;
         client
             .batch_execute(TANSU_SCHEMA)
             .await
             .context("creating tansu's schema")?;
-        let storage = format!("{}?sslmode=disable", db.url);
+        // The broker outlives this handle; the database goes with its server.
+        let storage = format!("{}?sslmode=disable", db.hand_over());
         let addr = free_addr()?;
         let mut proc = spawn_tansu(dir, &storage, addr.port(), Some("warn"))?;
         wait_port_async(addr, Duration::from_secs(30), Some(&mut proc))

@@ -63,6 +63,13 @@ impl Database {
         self.keep = keep;
     }
 
+    /// Hands the database to something that outlives this handle (a
+    /// broker's storage): it is neither dropped nor reported; returns its URL.
+    pub fn hand_over(self) -> String {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.url.clone()
+    }
+
     pub async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
         let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);

@@ -193,7 +193,7 @@ pub(super) async fn inject(
     // Delivery resumed: an event scheduled after the component came back
     // reached a client.
     let back_us = crate::now_us();
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if w.fleet.shared.latest_t_us.load(Relaxed) >= back_us {
             rec.delivery_s = Some(started.elapsed().as_secs_f64());
@@ -202,7 +202,7 @@ pub(super) async fn inject(
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     if matches!(kind, FaultKind::GatewaySigkill | FaultKind::GatewaySigterm) {
-        let deadline = Instant::now() + Duration::from_secs(90);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if live_good(w) >= live_before {
                 rec.reconnected_s = Some(started.elapsed().as_secs_f64());

@@ -94,10 +94,12 @@ pub async fn run(args: SoakArgs, command: String) -> anyhow::Result<SoakReport> 
     .await
     .context("starting the stack")?;
     eprintln!(
-        "stack up: broker {} (PostgreSQL storage), gateways {:?}",
+        "stack up: broker {} (PostgreSQL storage), gateways {:?}; their logs in {}",
         stack.broker.addr,
-        stack.gateways.iter().map(|g| g.listen).collect::<Vec<_>>()
+        stack.gateways.iter().map(|g| g.listen).collect::<Vec<_>>(),
+        stack.dir.display()
     );
+    let stack_dir = stack.dir.clone();
     let nodes: Vec<std::net::SocketAddr> = stack.gateways.iter().map(|g| g.listen).collect();
     let producer = stack.broker.producer()?;
     let kafka_topic = stack.events_topic.clone();
@@ -195,6 +197,7 @@ pub async fn run(args: SoakArgs, command: String) -> anyhow::Result<SoakReport> 
     let cycles = ((planned / 150.0).round() as usize).max(1);
     let plan = schedule((planned * 0.1).max(8.0), planned * 0.8, cycles, nodes.len());
     let mut records = Vec::new();
+    let mut faults_skipped = 0usize;
     {
         let watch = Watch {
             fleet: &fleet,
@@ -203,6 +206,12 @@ pub async fn run(args: SoakArgs, command: String) -> anyhow::Result<SoakReport> 
             read_only_window: READ_ONLY_WINDOW,
         };
         for (at, kind, node) in plan {
+            // Slow recoveries push the schedule; it never runs past 90 %
+            // of the time, so the run stays bounded.
+            if t0.elapsed().as_secs_f64() > planned * 0.9 {
+                faults_skipped += 1;
+                continue;
+            }
             let due = t0 + Duration::from_secs_f64(at);
             tokio::time::sleep_until(due.into()).await;
             records.push(inject(&mut servers, kind, node, t0, &watch).await);
@@ -303,7 +312,7 @@ pub async fn run(args: SoakArgs, command: String) -> anyhow::Result<SoakReport> 
             ));
         } else if f.delivery_s.is_none() {
             problems.push(format!(
-                "delivery did not resume within 90 s of the {} at {:.0}s",
+                "delivery did not resume within 60 s of the {} at {:.0}s",
                 f.kind.name(),
                 f.at_s
             ));
@@ -334,6 +343,7 @@ pub async fn run(args: SoakArgs, command: String) -> anyhow::Result<SoakReport> 
         stored_events,
         dlq_records,
         recovery: report::recovery(&records),
+        faults_skipped,
         faults: records,
         memory,
         attacks: hostile.tallies(),
@@ -342,9 +352,10 @@ pub async fn run(args: SoakArgs, command: String) -> anyhow::Result<SoakReport> 
     };
     drop(servers);
     if args.keep {
-        eprintln!("kept {}", dir.display());
+        eprintln!("kept {} and {}", dir.display(), stack_dir.display());
     } else {
         let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&stack_dir);
     }
     Ok(report)
 }

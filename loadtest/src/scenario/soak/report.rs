@@ -65,6 +65,9 @@ pub struct SoakReport {
     pub stored_events: Option<i64>,
     pub dlq_records: Option<i64>,
     pub faults: Vec<FaultRecord>,
+    /// Scheduled faults not injected: slow recoveries had used the time.
+    #[serde(default)]
+    pub faults_skipped: usize,
     pub recovery: Vec<RecoveryRow>,
     pub memory: Vec<MemoryRow>,
     pub attacks: BTreeMap<String, AttackTally>,
@@ -223,6 +226,13 @@ pub fn markdown(r: &SoakReport) -> String {
         }
     }
     let _ = writeln!(s, "\n## Faults injected\n");
+    if r.faults_skipped > 0 {
+        let _ = writeln!(
+            s,
+            "{} scheduled faults were not injected: slow recoveries had used the time.\n",
+            r.faults_skipped
+        );
+    }
     let _ = writeln!(
         s,
         "| at s | fault | target | down s | delivering again s | clients back s | error |"
