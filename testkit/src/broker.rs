@@ -130,6 +130,12 @@ impl Broker {
         })
     }
 
+    /// The storage URL (`memory://…`, or the PostgreSQL database it keeps
+    /// its data in).
+    pub fn storage(&self) -> &str {
+        &self.storage
+    }
+
     /// Creates topics (idempotent).
     pub async fn create_topics(&self, topics: &[&str], partitions: i32) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()

@@ -104,7 +104,7 @@ pub async fn run(args: SoakArgs, command: String) -> anyhow::Result<SoakReport> 
     let producer = stack.broker.producer()?;
     let kafka_topic = stack.events_topic.clone();
     let dlq_topic = stack.dlq_topic.clone();
-    let broker_addr = stack.broker.addr.clone();
+    let broker_storage = stack.broker.storage().to_owned();
     let mut servers = Servers {
         stack,
         pg,
@@ -251,10 +251,10 @@ pub async fn run(args: SoakArgs, command: String) -> anyhow::Result<SoakReport> 
 
     // The log and the DLQ.
     let stored_events = servers.stack.stored_events().await.ok();
-    let dlq_records = tokio::task::spawn_blocking(move || dlq_count(&broker_addr, &dlq_topic))
+    let dlq_records = dlq_count(&broker_storage, &dlq_topic)
         .await
-        .ok()
-        .and_then(|r| r.map_err(|e| eprintln!("reading the DLQ: {e:#}")).ok());
+        .map_err(|e| eprintln!("reading the DLQ: {e:#}"))
+        .ok();
     sampling.store(false, Relaxed);
     let _ = sampler.await;
     let churns = fleet.conns.iter().map(|c| c.churns.load(Relaxed)).sum();
@@ -448,20 +448,21 @@ async fn sample_memory(
     }
 }
 
-/// Records in the DLQ topic (one partition, as the stack creates it),
-/// from its watermarks; retried, as the broker may have restarted lately.
-fn dlq_count(brokers: &str, topic: &str) -> anyhow::Result<i64> {
-    use rdkafka::consumer::{BaseConsumer, Consumer as _};
-    let c: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("soak-dlq-{}", crate::infra::suffix()))
-        .create()?;
-    let mut last = None;
-    for _ in 0..4 {
-        match c.fetch_watermarks(topic, 0, Duration::from_secs(15)) {
-            Ok((lo, hi)) => return Ok(hi - lo),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.map_or_else(|| anyhow::anyhow!("no answer"), Into::into))
+/// Records in the DLQ topic, counted in the broker's own storage (tansu
+/// keeps them in PostgreSQL): exact, and independent of the broker's
+/// metadata answers, which timed out for a fresh client after a restart.
+async fn dlq_count(storage: &str, topic: &str) -> anyhow::Result<i64> {
+    let (c, conn) = tokio_postgres::connect(storage, tokio_postgres::NoTls)
+        .await
+        .context("connecting to the broker's storage")?;
+    tokio::spawn(conn);
+    let row = c
+        .query_one(
+            "SELECT count(*) FROM record r JOIN topition tp ON r.topition = tp.id \
+             JOIN topic t ON tp.topic = t.id WHERE t.name = $1",
+            &[&topic],
+        )
+        .await
+        .context("counting the DLQ's records")?;
+    Ok(row.get(0))
 }
