@@ -2,6 +2,7 @@
 # Runs a load-test scenario against Switchyard and its peers on this machine.
 #
 #   loadtest/run.sh <fanout|scoped|reconnect|ingest|idle|all> [options]
+#   loadtest/run.sh soak [--ci | --duration 600 --clients 2000]   (the chaos soak)
 #   loadtest/run.sh fanout --systems socketio,naive,rawtcp --connections 2000
 #   loadtest/run.sh --help            (all options: target/release/switchyard-loadtest run --help)
 #
@@ -22,8 +23,29 @@ export PATH="$HOME/.cargo/bin:$PATH"
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 if [ "${1:-}" = "" ] || [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
+fi
+
+# The chaos soak has its own options (loadtest/run.sh soak --help). It
+# checks correctness under faults, not speed, so SWITCHYARD_SOAK_PROFILE=debug
+# (what .ci/run uses, right after `cargo test` built the debug binaries)
+# spares a release build; the default is release.
+if [ "$1" = "soak" ]; then
+  shift
+  profile="${SWITCHYARD_SOAK_PROFILE:-release}"
+  case "$profile" in
+    release) profile_flag=(--release) ;;
+    debug) profile_flag=() ;;
+    *) echo "SWITCHYARD_SOAK_PROFILE must be debug or release, not '$profile'" >&2; exit 64 ;;
+  esac
+  # One cargo call for the three, so their dependencies' features resolve once.
+  cargo build "${profile_flag[@]}" -q -p switchyard-loadtest -p switchyard-bridge -p switchyard-gateway --bins
+  command -v "${TANSU_BIN:-tansu}" >/dev/null 2>&1 || [ -x "$HOME/.cargo/bin/tansu" ] \
+    || { echo "tansu is missing: cargo install tansu --locked --features dynostore,postgres" >&2; exit 1; }
+  # Built just now: the soak starts them from there, without cargo.
+  export SWITCHYARD_BIN_DIR="${CARGO_TARGET_DIR:-target}/$profile"
+  exec "${CARGO_TARGET_DIR:-target}/$profile/switchyard-loadtest" soak "$@"
 fi
 
 cargo build --release -q -p switchyard-loadtest --bins
@@ -50,4 +72,4 @@ pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null \
 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 \
   || echo "warning: Redis is not answering on 127.0.0.1:6379 (scripts/services.sh starts it)" >&2
 
-exec target/release/switchyard-loadtest run "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/switchyard-loadtest" run "$@"

@@ -7,6 +7,7 @@
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use switchyard_testkit::attack::{self, Outcome};
 use switchyard_testkit::{http_get, news, now_ms, token, Client, Stack, StackOptions};
 
 const T: Duration = Duration::from_secs(20);
@@ -213,67 +214,37 @@ async fn a_long_poll_is_woken_only_by_its_own_channels() {
 /// collecting fragments without end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fragmented_messages_are_bounded_by_the_frame_limit() {
-    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-    use tokio_tungstenite::tungstenite::Message;
     let s = stack(&[("SWITCHYARD_MAX_FRAME_BYTES", "65536")]).await;
-    let mut c = Client::connect(&s.gateway(0).ws_url(), &token("frag", &["Sfc"], &[], 600))
-        .await
-        .unwrap();
-    let piece = vec![b' '; 30_000];
-    c.send_raw(Message::Frame(Frame::message(
-        piece.clone(),
-        OpCode::Data(Data::Text),
-        false,
-    )))
+    // Each fragment is well under the limit; together they pass it.
+    let outcome = attack::fragment_flood(
+        &s.gateway(0).ws_url(),
+        &token("frag", &["Sfc"], &[], 600),
+        30_000,
+        20,
+        T,
+    )
     .await
     .unwrap();
-    // Each fragment is well under the limit; together they pass it.
-    for _ in 0..20 {
-        let frame = Frame::message(piece.clone(), OpCode::Data(Data::Continue), false);
-        if c.send_raw(Message::Frame(frame)).await.is_err() {
-            break;
-        }
-    }
-    let mut saw_error = false;
-    loop {
-        let v = c.next_frame(T).await.unwrap();
-        if v["type"] == "error" {
-            assert_eq!(v["code"], "too_large", "{v}");
-            saw_error = true;
-        } else if v["type"] == "__close" {
-            assert_eq!(v["code"], 1009, "{v}");
-            break;
-        }
-    }
-    assert!(saw_error, "no too_large error before the close");
+    assert_eq!(
+        outcome,
+        Outcome::Closed(1009, vec!["too_large".into()]),
+        "no too_large error before close 1009"
+    );
 }
 
 /// A client that never finishes its request headers is disconnected after
 /// the header timeout (slowloris).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_off() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = stack(&[("SWITCHYARD_HEADER_TIMEOUT_MS", "1000")]).await;
-    let mut sock = tokio::net::TcpStream::connect(s.gateway(0).listen)
+    // The server closes (possibly after a 408).
+    match attack::slowloris(s.gateway(0).listen, Duration::from_secs(10))
         .await
-        .unwrap();
-    sock.write_all(b"GET /v1/ws HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
-    let started = Instant::now();
-    let mut buf = [0u8; 1024];
-    // The server closes (possibly after a 408); reading reaches the end.
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(10), sock.read(&mut buf))
-            .await
-            .expect("the server kept a connection without headers open")
-            .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
+        .unwrap()
+    {
+        Outcome::Dropped(after) => assert!(after < Duration::from_secs(5), "{after:?}"),
+        other => panic!("the server kept a connection without headers open: {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(5));
 }
 
 /// Past `SWITCHYARD_MAX_CONNECTIONS` a new connection waits (the node takes

@@ -31,6 +31,79 @@ pub enum Cmd {
     },
     /// Checks the machine: file-descriptor limits, sysctls, tools.
     Preflight,
+    /// The chaos soak: Switchyard on private servers under a steady load,
+    /// reconnecting and hostile clients and a schedule of faults; writes
+    /// results/soak.{json,md}; exit 2 on loss or duplication.
+    Soak(Box<SoakArgs>),
+}
+
+/// Options of the chaos soak.
+#[derive(Debug, Clone, clap::Args, serde::Serialize)]
+pub struct SoakArgs {
+    /// Seconds of load and faults [default: 600; with --ci: 120].
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Client connections: well-behaved, reconnecting and hostile
+    /// [default: 2000; with --ci: 300].
+    #[arg(long)]
+    pub clients: Option<usize>,
+    /// The CI size: 120 s and 300 clients (unless given).
+    #[arg(long)]
+    pub ci: bool,
+    /// Events per second, over all products.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Products (each event is scoped to one).
+    #[arg(long, default_value_t = 8)]
+    pub products: u32,
+    /// Products each client's user is entitled to.
+    #[arg(long, default_value_t = 2)]
+    pub products_per_user: u32,
+    /// Serialised size of each event's payload, bytes.
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// Share of the clients that end their connection at random (every
+    /// 3–20 s) and resume with their cursor.
+    #[arg(long, default_value_t = 0.1)]
+    pub churn_share: f64,
+    /// Share of the clients that attack (fragment floods, slowloris,
+    /// malformed frames, expired tokens, forged cursors, poll floods,
+    /// stalled readers).
+    #[arg(long, default_value_t = 0.05)]
+    pub hostile_share: f64,
+    /// Peak RSS a gateway or the bridge may reach, MiB.
+    #[arg(long, default_value_t = 512)]
+    pub max_rss_mib: u64,
+    /// Seconds without progress after which the final drain stops waiting
+    /// (what is missing then counts as lost).
+    #[arg(long, default_value_t = 60.0)]
+    pub drain_timeout_seconds: f64,
+    /// Concurrent handshakes while the fleet connects.
+    #[arg(long, default_value_t = 128)]
+    pub connect_concurrency: usize,
+    /// RUST_LOG of Switchyard's processes.
+    #[arg(long, default_value = "warn")]
+    pub server_log: String,
+    /// Where soak.{json,md} go [default: loadtest/results].
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    /// Keep the run's directory (servers' data and logs) afterwards.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+impl SoakArgs {
+    pub fn duration_s(&self) -> f64 {
+        self.duration
+            .unwrap_or(if self.ci { 120.0 } else { 600.0 })
+            .max(30.0)
+    }
+
+    pub fn clients(&self) -> usize {
+        self.clients
+            .unwrap_or(if self.ci { 300 } else { 2000 })
+            .max(1)
+    }
 }
 
 /// A scenario, or all of them.

@@ -67,6 +67,12 @@ pub struct ClientSpec {
     pub topic: &'static str,
     /// Socket.IO: the product rooms to join.
     pub products: Vec<String>,
+    /// Other nodes of the same system: after a lost connection or a failed
+    /// attempt the client moves on to the next address (`server` first).
+    pub alternates: Vec<SocketAddr>,
+    /// Switchyard: end the connection after a random time in this range
+    /// (ms) and reconnect at once with the last cursor (the soak's churn).
+    pub churn_ms: Option<(u64, u64)>,
 }
 
 /// State shared by all connections of one system phase.
@@ -83,6 +89,8 @@ pub struct Shared {
     pub connect_timeout: Duration,
     /// Attempts per connection before it gives up until the mode changes.
     pub max_attempts: u32,
+    /// Latest scheduled send time (µs) of any event any connection received.
+    pub latest_t_us: AtomicU64,
 }
 
 enum Conn {
@@ -93,6 +101,8 @@ enum Conn {
 enum End {
     /// The harness changed the mode.
     Mode,
+    /// The client's own churn timer ended the connection.
+    Churn,
     /// The server closed, reset or broke the connection.
     Lost(String),
 }
@@ -147,6 +157,7 @@ impl Session<'_> {
                     return;
                 }
                 self.shared.recorder.record(self.idx, t_us, now);
+                self.shared.latest_t_us.fetch_max(t_us, Relaxed);
                 if self.spec.protocol == Protocol::Switchyard {
                     if let Some(c) = cursor_of(frame) {
                         let mut g = self.state.cursor.lock().unwrap_or_else(|p| p.into_inner());
@@ -166,16 +177,41 @@ impl Session<'_> {
                 self.state.probe.fetch_max(k, Relaxed);
             }
             Scanned::Other => {
-                if self.spec.protocol == Protocol::Switchyard && frame_type(frame) == "error" {
-                    self.state.set_error(String::from_utf8_lossy(frame));
+                if self.spec.protocol != Protocol::Switchyard {
+                    return;
+                }
+                match frame_type(frame) {
+                    "error" => self.state.set_error(String::from_utf8_lossy(frame)),
+                    "reconnect" => {
+                        // The node drains: come back (elsewhere) after its hint.
+                        let after = serde_json::from_slice::<serde_json::Value>(frame)
+                            .ok()
+                            .and_then(|v| v["after_ms"].as_u64())
+                            .unwrap_or(0);
+                        self.state
+                            .reconnect_after_ms
+                            .store(after.clamp(1, 60_000), Relaxed);
+                    }
+                    _ => {}
                 }
             }
         }
     }
 
+    /// The node to try now: `server`, or one of the alternates after
+    /// failures.
+    fn server(&self) -> SocketAddr {
+        let n = self.spec.alternates.len() as u64 + 1;
+        match (self.state.node.load(Relaxed) % n) as usize {
+            0 => self.spec.server,
+            k => self.spec.alternates[k - 1],
+        }
+    }
+
     async fn connect(&self) -> anyhow::Result<Conn> {
         let spec = self.spec;
-        let tcp = tcp_connect(spec.source_ip, spec.server).await?;
+        let server = self.server();
+        let tcp = tcp_connect(spec.source_ip, server).await?;
         let url = match spec.protocol {
             Protocol::RawTcp => {
                 // Wait for the server's empty hello frame: only then has it
@@ -191,12 +227,12 @@ impl Session<'_> {
                 return Ok(Conn::Tcp(tcp, BytesMut::with_capacity(4096)));
             }
             Protocol::Switchyard => {
-                format!("ws://{}/v1/ws?access_token={}", spec.server, spec.token)
+                format!("ws://{server}/v1/ws?access_token={}", spec.token)
             }
             Protocol::SocketIo => {
-                format!("ws://{}/socket.io/?EIO=4&transport=websocket", spec.server)
+                format!("ws://{server}/socket.io/?EIO=4&transport=websocket")
             }
-            Protocol::NaiveWs => format!("ws://{}/", spec.server),
+            Protocol::NaiveWs => format!("ws://{server}/"),
         };
         let mut req = url.into_client_request()?;
         if spec.protocol == Protocol::Switchyard {
@@ -250,11 +286,19 @@ impl Session<'_> {
         if let Some(c) = cursor {
             sub["cursor"] = serde_json::Value::String(c);
         }
+        let resuming = sub.get("cursor").is_some();
         ws.send(Message::text(sub.to_string())).await?;
         loop {
             let f = Self::next_text(ws).await?;
             match frame_type(&f) {
-                "subscribed" => return Ok(()),
+                "subscribed" => {
+                    if resuming && memchr::memmem::find(&f, br#""recovered":false"#).is_some() {
+                        self.state.unrecovered.fetch_add(1, Relaxed);
+                    }
+                    // Replayed messages follow the reply.
+                    self.state.begin_subscription();
+                    return Ok(());
+                }
                 "error" => bail!("subscribe refused: {}", String::from_utf8_lossy(&f)),
                 _ => self.frame(&f),
             }
@@ -286,11 +330,20 @@ impl Session<'_> {
     }
 
     async fn read_loop(&self, conn: &mut Conn, ctrl: &mut watch::Receiver<Mode>) -> End {
+        let churn = match self.spec.churn_ms {
+            Some((lo, hi)) => {
+                Duration::from_millis(lo + rand::random::<u64>() % (hi.saturating_sub(lo) + 1))
+            }
+            None => Duration::from_secs(365 * 24 * 3600),
+        };
+        let churn_at = tokio::time::sleep(churn);
+        tokio::pin!(churn_at);
         match conn {
             Conn::Ws(ws) => loop {
                 tokio::select! {
                     biased;
                     _ = ctrl.changed() => return End::Mode,
+                    _ = &mut churn_at => return End::Churn,
                     msg = ws.next() => match msg {
                         Some(Ok(Message::Text(t))) => {
                             if self.spec.protocol == Protocol::SocketIo && t.as_str() == "2" {
@@ -393,28 +446,43 @@ async fn run_client(
                 state.live.store(false, Relaxed);
                 shared.live.fetch_sub(1, Relaxed);
                 drop(conn);
-                if let End::Lost(why) = end {
-                    state.disconnects.fetch_add(1, Relaxed);
-                    state.set_error(why);
-                    backoff(&mut ctrl, 1).await;
+                match end {
+                    End::Lost(why) => {
+                        state.disconnects.fetch_add(1, Relaxed);
+                        state.set_error(why);
+                        // Another node, after the node's hint or a backoff.
+                        state.node.fetch_add(1, Relaxed);
+                        backoff(&mut ctrl, 1, &state).await;
+                    }
+                    End::Churn => {
+                        state.churns.fetch_add(1, Relaxed);
+                    }
+                    End::Mode => {}
                 }
             }
             Err(e) => {
                 state.connect_failures.fetch_add(1, Relaxed);
                 state.set_error(format!("{e:#}"));
-                backoff(&mut ctrl, attempts).await;
+                state.node.fetch_add(1, Relaxed);
+                backoff(&mut ctrl, attempts, &state).await;
             }
         }
     }
 }
 
-/// Waits a little (more after repeated failures) unless the mode changes.
-async fn backoff(ctrl: &mut watch::Receiver<Mode>, attempt: u32) {
-    let base = 100u64 * u64::from(attempt.min(20));
-    let jitter = rand::random::<u64>() % (base + 1);
+/// Waits a little (more after repeated failures; a node's `reconnect`
+/// hint when it sent one) unless the mode changes.
+async fn backoff(ctrl: &mut watch::Receiver<Mode>, attempt: u32, state: &ConnState) {
+    let hint = state.reconnect_after_ms.swap(0, Relaxed);
+    let wait = if hint > 0 {
+        hint
+    } else {
+        let base = 100u64 * u64::from(attempt.min(20));
+        base + rand::random::<u64>() % (base + 1)
+    };
     tokio::select! {
         _ = ctrl.changed() => {}
-        _ = tokio::time::sleep(Duration::from_millis(base + jitter)) => {}
+        _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
     }
 }
 
@@ -447,6 +515,7 @@ impl Fleet {
             connect_gate: Semaphore::new(opts.connect_concurrency.max(1)),
             connect_timeout: opts.connect_timeout,
             max_attempts: opts.max_attempts.max(1),
+            latest_t_us: AtomicU64::new(0),
         });
         let (ctrl, rx) = watch::channel(Mode::Run);
         let mut tasks = JoinSet::new();

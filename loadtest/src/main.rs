@@ -70,6 +70,39 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             eprintln!("rewrote reports in {}", dir.display());
             Ok(0)
         }
+        Cmd::Soak(args) => {
+            raise_nofile();
+            let args = *args;
+            let out_dir = args.out_dir.clone().unwrap_or_else(report::default_out_dir);
+            let command = std::iter::once("loadtest/run.sh soak".to_owned())
+                .chain(std::env::args().skip(2))
+                .collect::<Vec<_>>()
+                .join(" ");
+            // Ctrl-C or SIGTERM drops the run, and with it every server it
+            // started (their handles kill them).
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let r = tokio::select! {
+                r = switchyard_loadtest::scenario::soak::run(args, command) => r?,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+                _ = term.recv() => anyhow::bail!("terminated"),
+            };
+            switchyard_loadtest::scenario::soak::report::write(&out_dir, &r)?;
+            println!(
+                "{}",
+                switchyard_loadtest::scenario::soak::report::markdown(&r)
+            );
+            eprintln!("wrote {}/soak.{{json,md}}", out_dir.display());
+            if r.ok {
+                Ok(0)
+            } else {
+                eprintln!("\n!!! soak: PROBLEMS !!!");
+                for p in &r.problems {
+                    eprintln!("!!!   {p}");
+                }
+                Ok(EXIT_LOSS)
+            }
+        }
         Cmd::Run(args) => {
             let nofile = raise_nofile();
             let args = *args;

@@ -94,6 +94,33 @@ pub fn busy_pct(before: (u64, u64), after: (u64, u64)) -> f64 {
     }
 }
 
+/// Resident memory of `pid` and its direct children (a PostgreSQL server:
+/// the postmaster and its backends); `None` once `pid` is gone.
+pub fn tree_rss(pid: u32) -> Option<u64> {
+    let own = sample(pid)?.rss_bytes;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Some(own);
+    };
+    let children: u64 = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|st| parent_of(&st))
+                == Some(pid)
+        })
+        .filter_map(|child| sample(child).map(|s| s.rss_bytes))
+        .sum();
+    Some(own + children)
+}
+
+/// The parent pid (field 4) from the text of `/proc/<pid>/stat`.
+fn parent_of(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Pids of running processes whose `comm` is `name` (e.g. `postgres`).
 pub fn pids_named(name: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -118,6 +145,7 @@ mod tests {
         let stat = "1234 (tokio (rt) x) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 100 1000 200 18446744073709551615";
         let cpu = parse_stat_cpu(stat).expect("parses");
         assert!((cpu - 300.0 / clock_ticks()).abs() < 1e-9);
+        assert_eq!(parent_of(stat), Some(1));
     }
 
     #[test]

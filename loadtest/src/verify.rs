@@ -22,6 +22,22 @@ pub struct ConnState {
     pub streams: Box<[u32]>,
     /// Next expected sequence number per entitled stream.
     next: Box<[AtomicU64]>,
+    /// `next` when the current subscription began (see [`Self::begin_subscription`]).
+    sub_start: Box<[AtomicU64]>,
+    /// Whether an event from before the current subscription counts as a
+    /// redelivery the client de-duplicates (the protocol allows it across
+    /// subscriptions) rather than a duplicate.
+    dedupe_across_subscriptions: AtomicBool,
+    /// Events received again in a later subscription (dropped by id).
+    redelivered: AtomicU64,
+    /// Subscriptions with a cursor answered `recovered: false`.
+    pub unrecovered: AtomicU64,
+    /// Index of the node to connect to next (moves on after a failure).
+    pub node: AtomicU64,
+    /// A `reconnect` frame's `after_ms`, honoured before the next attempt.
+    pub reconnect_after_ms: AtomicU64,
+    /// Connections the client itself ended to reconnect with its cursor.
+    pub churns: AtomicU64,
     pub received: AtomicU64,
     gaps: AtomicU64,
     dups: AtomicU64,
@@ -51,15 +67,26 @@ pub enum Verdict {
     /// Sequence numbers skipped.
     Gap(u64),
     Duplicate,
+    /// Received again in a later subscription (see
+    /// [`ConnState::dedupe_across_subscriptions`]).
+    Redelivered,
     Unentitled,
 }
 
 impl ConnState {
     pub fn new(streams: Vec<u32>) -> Self {
         let next = streams.iter().map(|_| AtomicU64::new(0)).collect();
+        let sub_start = streams.iter().map(|_| AtomicU64::new(0)).collect();
         ConnState {
             streams: streams.into_boxed_slice(),
             next,
+            sub_start,
+            dedupe_across_subscriptions: AtomicBool::new(false),
+            redelivered: AtomicU64::new(0),
+            unrecovered: AtomicU64::new(0),
+            node: AtomicU64::new(0),
+            reconnect_after_ms: AtomicU64::new(0),
+            churns: AtomicU64::new(0),
             received: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
             dups: AtomicU64::new(0),
@@ -90,9 +117,31 @@ impl ConnState {
             self.gaps.fetch_add(n - next, Relaxed);
             self.next[slot].store(n + 1, Relaxed);
             Verdict::Gap(n - next)
+        } else if self.dedupe_across_subscriptions.load(Relaxed)
+            && n < self.sub_start[slot].load(Relaxed)
+        {
+            // Handled in an earlier subscription: the client drops it by id.
+            self.redelivered.fetch_add(1, Relaxed);
+            Verdict::Redelivered
         } else {
             self.dups.fetch_add(1, Relaxed);
             Verdict::Duplicate
+        }
+    }
+
+    /// Makes events handled before a new subscription redeliveries the
+    /// client de-duplicates by id (the protocol allows them across
+    /// subscriptions), while a repeat within one subscription stays a
+    /// duplicate.
+    pub fn dedupe_across_subscriptions(&self) {
+        self.dedupe_across_subscriptions.store(true, Relaxed);
+    }
+
+    /// Marks the start of a new subscription (called by the connection's
+    /// task when `subscribed` arrives).
+    pub fn begin_subscription(&self) {
+        for (start, next) in self.sub_start.iter().zip(self.next.iter()) {
+            start.store(next.load(Relaxed), Relaxed);
         }
     }
 
@@ -122,6 +171,10 @@ pub struct Tally {
     pub disconnects: u64,
     /// Connections that lost at least one event.
     pub conns_with_loss: u64,
+    /// Events received again in a later subscription and dropped by id.
+    pub redelivered: u64,
+    /// Resumptions with a cursor answered `recovered: false`.
+    pub unrecovered: u64,
 }
 
 impl Tally {
@@ -135,6 +188,8 @@ impl Tally {
             t.unentitled += c.unentitled.load(Relaxed);
             t.connect_failures += c.connect_failures.load(Relaxed);
             t.disconnects += c.disconnects.load(Relaxed);
+            t.redelivered += c.redelivered.load(Relaxed);
+            t.unrecovered += c.unrecovered.load(Relaxed);
             let mut lost = c.gaps.load(Relaxed);
             for (slot, s) in c.streams.iter().enumerate() {
                 let want = produced.get(*s as usize).copied().unwrap_or(0);
@@ -158,6 +213,8 @@ impl Tally {
                 .saturating_sub(before.connect_failures),
             disconnects: self.disconnects.saturating_sub(before.disconnects),
             conns_with_loss: self.conns_with_loss.saturating_sub(before.conns_with_loss),
+            redelivered: self.redelivered.saturating_sub(before.redelivered),
+            unrecovered: self.unrecovered.saturating_sub(before.unrecovered),
         }
     }
 }
@@ -187,5 +244,30 @@ mod tests {
             clean.observe(0, n);
         }
         assert_eq!(Tally::collect(&[clean], &[10]).lost, 0);
+    }
+
+    #[test]
+    fn a_repeat_is_a_redelivery_only_across_subscriptions_when_deduplicating() {
+        let c = Arc::new(ConnState::new(vec![0]));
+        c.dedupe_across_subscriptions();
+        c.begin_subscription();
+        for n in 0..5 {
+            assert_eq!(c.observe(0, n), Verdict::InOrder);
+        }
+        // A new subscription replays 3 and 4 (its cursor was a little late).
+        c.begin_subscription();
+        assert_eq!(c.observe(0, 3), Verdict::Redelivered);
+        assert_eq!(c.observe(0, 4), Verdict::Redelivered);
+        assert_eq!(c.observe(0, 5), Verdict::InOrder);
+        // Within the subscription a repeat is a duplicate.
+        assert_eq!(c.observe(0, 5), Verdict::Duplicate);
+        let t = Tally::collect(std::slice::from_ref(&c), &[6]);
+        assert_eq!((t.lost, t.duplicated, t.redelivered), (0, 1, 2));
+        // Without de-duplication every repeat is a duplicate.
+        let strict = Arc::new(ConnState::new(vec![0]));
+        strict.begin_subscription();
+        strict.observe(0, 0);
+        strict.begin_subscription();
+        assert_eq!(strict.observe(0, 0), Verdict::Duplicate);
     }
 }

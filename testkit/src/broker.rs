@@ -33,6 +33,9 @@ pub fn tansu_bin() -> PathBuf {
 
 const MEMORY: &str = "memory://tansu/";
 
+/// tansu's PostgreSQL schema (see the file's header for its origin).
+const TANSU_SCHEMA: &str = include_str!("../sql/tansu-postgres.sql");
+
 fn spawn_tansu(
     dir: &Path,
     storage: &str,
@@ -98,6 +101,39 @@ impl Broker {
             storage: MEMORY.into(),
             port: addr.port(),
         })
+    }
+
+    /// A broker whose storage survives a restart: tansu's PostgreSQL
+    /// storage engine in a fresh database on the server at `pg_base`
+    /// (`postgres://user@host:port`), with tansu's schema
+    /// (`testkit/sql/tansu-postgres.sql`, from the tansu release installed
+    /// here) created first.
+    pub async fn start_postgres(dir: &Path, pg_base: &str) -> anyhow::Result<Broker> {
+        let db = crate::database::Database::create_as(pg_base, crate::unique("tansu")).await?;
+        let client = db.client().await?;
+        client
+            .batch_execute(TANSU_SCHEMA)
+            .await
+            .context("creating tansu's schema")?;
+        // The broker outlives this handle; the database goes with its server.
+        let storage = format!("{}?sslmode=disable", db.hand_over());
+        let addr = free_addr()?;
+        let mut proc = spawn_tansu(dir, &storage, addr.port(), Some("warn"))?;
+        wait_port_async(addr, Duration::from_secs(30), Some(&mut proc))
+            .await
+            .context("tansu (postgres storage) did not start")?;
+        Ok(Broker {
+            addr: addr.to_string(),
+            proc,
+            storage,
+            port: addr.port(),
+        })
+    }
+
+    /// The storage URL (`memory://…`, or the PostgreSQL database it keeps
+    /// its data in).
+    pub fn storage(&self) -> &str {
+        &self.storage
     }
 
     /// Creates topics (idempotent).

@@ -63,6 +63,13 @@ impl Database {
         self.keep = keep;
     }
 
+    /// Hands the database to something that outlives this handle (a
+    /// broker's storage): it is neither dropped nor reported; returns its URL.
+    pub fn hand_over(self) -> String {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.url.clone()
+    }
+
     pub async fn client(&self) -> anyhow::Result<tokio_postgres::Client> {
         let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await?;
         tokio::spawn(conn);
@@ -200,6 +207,17 @@ impl PgServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+
+    /// The postmaster's pid (from `postmaster.pid`), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     pub fn base_url(&self) -> String {

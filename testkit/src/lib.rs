@@ -20,6 +20,7 @@
 //! | `event` | the events tests produce |
 //! | `client` | the WebSocket test client speaking the JSON protocol |
 //! | `api` | the gateways' server API: the test key, one JSON request |
+//! | `attack` | hostile clients (fragment floods, slowloris, malformed frames, stalled readers, bad tokens and cursors, poll floods) |
 //! | `fuzz` | corpus-driven fuzz targets on stable Rust: the corpus in `fuzz/corpus/`, mutating input strategies, the case count |
 //! | `otlp` | an OTLP/HTTP trace receiver that keeps the spans it is sent |
 //!
@@ -28,6 +29,7 @@
 //! child process is killed when its handle drops.
 
 mod api;
+pub mod attack;
 mod broker;
 mod client;
 mod database;
@@ -41,6 +43,7 @@ mod stack;
 mod token;
 
 pub use api::{api_request, API_KEY};
+pub use attack::Outcome;
 pub use broker::{committed_offsets, tansu_bin, Broker};
 pub use client::{ids, ns, Client, Connect};
 pub use database::{pg_base, Database, PgServer};

@@ -28,8 +28,13 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Path of a workspace binary, building it (once per test process) so tests
-/// always run the current code.
+/// always run the current code. With `SWITCHYARD_BIN_DIR` set (the load
+/// test's `run.sh`, which has just built them), the binaries are taken from
+/// there as they are.
 pub fn binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("SWITCHYARD_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
     static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
     // Test executables live in `<profile>/deps`, the testkit's own binaries
     // (`switchyard-stack`) in `<profile>` itself.

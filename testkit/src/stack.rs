@@ -36,6 +36,10 @@ pub struct StackOptions {
     pub partitions: i32,
     /// Extra environment for every process.
     pub env: Vec<(String, String)>,
+    /// Keep the broker's data in PostgreSQL on this server
+    /// (`postgres://user@host:port`) so it survives a broker restart;
+    /// default in memory.
+    pub broker_pg: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -47,6 +51,7 @@ impl Default for StackOptions {
             pg_base: None,
             partitions: 3,
             env: Vec::new(),
+            broker_pg: None,
         }
     }
 }
@@ -146,7 +151,10 @@ impl std::fmt::Debug for Stack {
 impl Stack {
     pub async fn start(opts: StackOptions) -> anyhow::Result<Stack> {
         let dir = scratch_dir("stack");
-        let broker = Broker::start(&dir)?;
+        let broker = match &opts.broker_pg {
+            Some(base) => Broker::start_postgres(&dir, base).await?,
+            None => Broker::start(&dir)?,
+        };
         let events_topic = unique("events");
         let dlq_topic = format!("{events_topic}.dlq");
         broker
@@ -213,6 +221,35 @@ impl Stack {
         let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let i = self.gateways.len();
+        let proc = self.spawn_gateway(i, listen, admin, api)?;
+        self.gateways.push(GatewayNode {
+            proc,
+            listen,
+            admin,
+            api,
+        });
+        Ok(i)
+    }
+
+    /// Starts gateway node `i` again on its ports (after it was killed or
+    /// stopped), so clients that know its address find it there.
+    pub fn restart_gateway(&mut self, i: usize) -> anyhow::Result<()> {
+        let g = &mut self.gateways[i];
+        g.proc.kill9();
+        let (listen, admin, api) = (g.listen, g.admin, g.api);
+        let proc = self.spawn_gateway(i, listen, admin, api)?;
+        self.gateways[i].proc = proc;
+        Ok(())
+    }
+
+    fn spawn_gateway(
+        &self,
+        i: usize,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        api: SocketAddr,
+    ) -> anyhow::Result<Proc> {
         let mut cmd = Command::new(binary("switchyard-gateway"));
         // Defaults a test's `StackOptions::env` may override.
         cmd.env("SWITCHYARD_API_LISTEN", api.to_string())
@@ -223,15 +260,7 @@ impl Stack {
         cmd.env("SWITCHYARD_LISTEN", listen.to_string())
             .env("SWITCHYARD_ADMIN_LISTEN", admin.to_string())
             .env("SWITCHYARD_JWT_HS256_SECRET", SECRET);
-        let i = self.gateways.len();
-        let proc = Proc::spawn(&format!("gateway-{i}"), cmd, &self.dir)?;
-        self.gateways.push(GatewayNode {
-            proc,
-            listen,
-            admin,
-            api,
-        });
-        Ok(i)
+        Proc::spawn(&format!("gateway-{i}"), cmd, &self.dir)
     }
 
     pub fn wait_ready(&self) -> anyhow::Result<()> {

@@ -72,6 +72,8 @@ fn clients(
                 token,
                 topic: if scoped { SCOPED_TOPIC } else { FANOUT_TOPIC },
                 products,
+                alternates: Vec::new(),
+                churn_ms: None,
             },
             streams,
         ));

@@ -9,6 +9,7 @@
 //! | `reconnect` | every client drops at once, stays away, comes back at once (with its cursor where the system has one) |
 //! | `ingest` | a backlog in Kafka drained by the bridge into PostgreSQL |
 //! | `idle` | server RSS before and after connecting |
+//! | `soak` | the chaos soak: private servers, faults, attackers, the exact check (its own subcommand) |
 //! | `sweep` | the sweep of offered rates, one step each, until a step hits a limit |
 //! | `connect` | client specs, connecting the fleet, the probe barrier |
 //! | `meter` | CPU and memory over one measurement |
@@ -30,6 +31,7 @@ mod ingest;
 mod meter;
 mod reconnect;
 mod scoped;
+pub mod soak;
 mod sweep;
 
 pub use ctx::{Ctx, JWT_SECRET};
