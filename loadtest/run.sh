@@ -2,6 +2,7 @@
 # Runs a load-test scenario against Switchyard and its peers on this machine.
 #
 #   loadtest/run.sh <fanout|scoped|reconnect|ingest|idle|all> [options]
+#   loadtest/run.sh quick [--save-baseline]   (~3 min, Switchyard only, vs results/quick-baseline.json)
 #   loadtest/run.sh fanout --systems socketio,naive,rawtcp --connections 2000
 #   loadtest/run.sh --help            (all options: target/release/switchyard-loadtest run --help)
 #
@@ -22,11 +23,12 @@ export PATH="$HOME/.cargo/bin:$PATH"
 ulimit -n 200000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 if [ "${1:-}" = "" ] || [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
   exit 0
 fi
 
 cargo build --release -q -p switchyard-loadtest --bins
+bin="${CARGO_TARGET_DIR:-target}/release"
 
 # Build Switchyard too when it is to be measured (named, or the default set).
 wants_switchyard=1
@@ -50,4 +52,8 @@ pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null \
 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 \
   || echo "warning: Redis is not answering on 127.0.0.1:6379 (scripts/services.sh starts it)" >&2
 
-exec target/release/switchyard-loadtest run "$@"
+if [ "$1" = quick ]; then
+  shift
+  exec "$bin/switchyard-loadtest" quick "$@"
+fi
+exec "$bin/switchyard-loadtest" run "$@"

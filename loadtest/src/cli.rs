@@ -31,6 +31,11 @@ pub enum Cmd {
     },
     /// Checks the machine: file-descriptor limits, sysctls, tools.
     Preflight,
+    /// A small fixed set against Switchyard only (~3 minutes): fan-out,
+    /// ingest, idle memory, reconnect storm; one table compared with
+    /// results/quick-baseline.json. Exit 3 when a figure is worse than its
+    /// tolerance or events were lost.
+    Quick(crate::quick::QuickArgs),
 }
 
 /// A scenario, or all of them.
@@ -204,7 +209,8 @@ pub struct RunArgs {
     pub out_dir: Option<PathBuf>,
 
     /// Where switchyard-bridge and switchyard-gateway are
-    /// [default: target/release of the workspace].
+    /// [default: beside switchyard-loadtest when there, else target/release
+    /// of the workspace].
     #[arg(long)]
     pub switchyard_bin_dir: Option<PathBuf>,
 
