@@ -189,8 +189,9 @@ async fn concurrent_group_appends_keep_every_channel_in_kafka_order() {
     }
     let expected_entries = total + total / 13;
     assert_eq!(rows.len() as u64, expected_entries);
-    let sum = common::metric(s.bridge_admin, "switchyard_bridge_append_groups_sum").unwrap();
-    let count = common::metric(s.bridge_admin, "switchyard_bridge_append_groups_count").unwrap();
+    let sum = common::metric(s.bridge_admin, "switchyard_bridge_append_groups_size_sum").unwrap();
+    let count =
+        common::metric(s.bridge_admin, "switchyard_bridge_append_groups_size_count").unwrap();
     assert!(
         count > 0.0 && sum > count,
         "batches were not split into concurrent groups: {sum} groups over {count} batches"

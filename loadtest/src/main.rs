@@ -75,12 +75,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let t = std::time::Instant::now();
             let now = quick::measure(&q).await?;
             let (table, worse) = quick::table(&now, base.as_ref());
-            println!(
-                "\n## quick ({:.0} s)\n\n{table}",
-                t.elapsed().as_secs_f64()
-            );
+            println!("\n## quick ({:.0} s)\n\n{table}", t.elapsed().as_secs_f64());
             if base.is_none() {
-                println!("no baseline at {}: save one with --save-baseline", path.display());
+                println!(
+                    "no baseline at {}: save one with --save-baseline",
+                    path.display()
+                );
             }
             if let Some(p) = &q.json {
                 quick::write(p, &now)?;

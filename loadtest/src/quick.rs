@@ -416,7 +416,9 @@ mod tests {
         let now = |v| fig("p50", "ms", v, Better::Lower, 25.0, 5.0);
         assert_eq!(compare(&now(24.0), &base), Verdict::Same(-20.0));
         assert!(matches!(compare(&now(26.0), &base), Verdict::Worse(p) if (p - 30.0).abs() < 1e-9));
-        assert!(matches!(compare(&now(10.0), &base), Verdict::Better(p) if (p - 50.0).abs() < 1e-9));
+        assert!(
+            matches!(compare(&now(10.0), &base), Verdict::Better(p) if (p - 50.0).abs() < 1e-9)
+        );
         // 2 ms -> 4 ms is +100 % but within the 5 ms slack.
         let small = fig("p50", "ms", 2.0, Better::Lower, 25.0, 5.0);
         assert!(matches!(
@@ -425,8 +427,13 @@ mod tests {
         ));
         let ingest = fig("ingest", "events/s", 20_000.0, Better::Higher, 20.0, 1000.0);
         let got = |v| fig("ingest", "events/s", v, Better::Higher, 20.0, 1000.0);
-        assert!(matches!(compare(&got(15_000.0), &ingest), Verdict::Worse(p) if (p - 25.0).abs() < 1e-9));
-        assert!(matches!(compare(&got(30_000.0), &ingest), Verdict::Better(_)));
+        assert!(
+            matches!(compare(&got(15_000.0), &ingest), Verdict::Worse(p) if (p - 25.0).abs() < 1e-9)
+        );
+        assert!(matches!(
+            compare(&got(30_000.0), &ingest),
+            Verdict::Better(_)
+        ));
     }
 
     #[test]
