@@ -134,13 +134,15 @@ async fn concurrent_group_appends_keep_every_channel_in_kafka_order() {
     })
     .await
     .unwrap();
+    // Events spanning two products pair P0-P1, P2-P3, ...: four groups of
+    // channels that can be appended concurrently.
     let products = ["P0", "P1", "P2", "P3", "P4", "P5", "P6", "P7"];
     let total = 3000u64;
     let events: Vec<Value> = (1..=total)
         .map(|n| {
             let p = products[(n % 8) as usize];
             if n % 13 == 0 {
-                news(&format!("g{n}"), &[p, products[((n + 3) % 8) as usize]], n)
+                news(&format!("g{n}"), &[p, products[((n % 8) ^ 1) as usize]], n)
             } else {
                 news(&format!("g{n}"), &[p], n)
             }
