@@ -3,6 +3,7 @@
 #
 #   loadtest/run.sh <fanout|scoped|reconnect|ingest|idle|all> [options]
 #   loadtest/run.sh soak [--ci | --duration 600 --clients 2000]   (the chaos soak)
+#   loadtest/run.sh quick [--save-baseline]   (~3 min, Switchyard only, vs results/quick-baseline.json)
 #   loadtest/run.sh fanout --systems socketio,naive,rawtcp --connections 2000
 #   loadtest/run.sh --help            (all options: target/release/switchyard-loadtest run --help)
 #
@@ -49,6 +50,7 @@ if [ "$1" = "soak" ]; then
 fi
 
 cargo build --release -q -p switchyard-loadtest --bins
+bin="${CARGO_TARGET_DIR:-target}/release"
 
 # Build Switchyard too when it is to be measured (named, or the default set).
 wants_switchyard=1
@@ -72,4 +74,8 @@ pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null \
 redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 \
   || echo "warning: Redis is not answering on 127.0.0.1:6379 (scripts/services.sh starts it)" >&2
 
-exec "${CARGO_TARGET_DIR:-target}/release/switchyard-loadtest" run "$@"
+if [ "$1" = quick ]; then
+  shift
+  exec "$bin/switchyard-loadtest" quick "$@"
+fi
+exec "$bin/switchyard-loadtest" run "$@"

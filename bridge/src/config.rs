@@ -34,6 +34,11 @@ pub struct BridgeConfig {
     pub admin_listen: SocketAddr,
     pub batch_max: usize,
     pub batch_linger: Duration,
+    /// Transactions one batch is appended in at once
+    /// (`SWITCHYARD_APPEND_WRITERS`): the batch is split into groups with
+    /// disjoint channel sets ([`switchyard_cursorlog::shard`]), each appended
+    /// concurrently; 1 appends every batch in one transaction.
+    pub append_writers: usize,
     pub max_event_bytes: usize,
     /// Events resolving to more channels go to the DLQ (`too_many_channels`):
     /// one event must not lock tens of thousands of channel rows.
@@ -81,6 +86,18 @@ impl BridgeConfig {
                 var: "SWITCHYARD_BATCH_MAX".into(),
                 value: "0".into(),
                 reason: "must be at least 1".into(),
+            });
+        }
+        let store = StoreConfig::from_source(s, 8)?;
+        let append_writers: usize = s.parse_or("SWITCHYARD_APPEND_WRITERS", 1)?;
+        if append_writers == 0 || append_writers >= store.pg_pool_size {
+            return Err(ConfigError::Invalid {
+                var: "SWITCHYARD_APPEND_WRITERS".into(),
+                value: append_writers.to_string(),
+                reason: format!(
+                    "must be at least 1 and below SWITCHYARD_PG_POOL_SIZE ({}): the reader and the retention sweep need connections too",
+                    store.pg_pool_size
+                ),
             });
         }
         let kafka_topics = s.list_or("SWITCHYARD_KAFKA_TOPICS", "switchyard.events");
@@ -176,6 +193,7 @@ impl BridgeConfig {
             admin_listen: s.socket_addr_or("SWITCHYARD_ADMIN_LISTEN", "0.0.0.0:9090")?,
             batch_max,
             batch_linger: s.millis_or("SWITCHYARD_BATCH_LINGER_MS", 5)?,
+            append_writers,
             max_event_bytes: s.parse_or("SWITCHYARD_MAX_EVENT_BYTES", 256 * 1024)?,
             max_channels_per_event,
             dlq_max_bytes,
@@ -210,6 +228,25 @@ mod tests {
         assert_eq!(c.kafka_heartbeat_interval, Duration::from_secs(2));
         assert_eq!(c.max_channels_per_event, 1000);
         assert_eq!(c.dlq_max_bytes, 1_000_000);
+        assert_eq!(c.append_writers, 1);
+    }
+
+    #[test]
+    fn append_writers_leave_pool_connections_for_the_rest() {
+        for bad in ["0", "8", "x"] {
+            let mut v = base();
+            v.push(("SWITCHYARD_APPEND_WRITERS", bad));
+            let e = BridgeConfig::from_source(&Source::from_map(v)).unwrap_err();
+            assert!(
+                e.to_string().contains("SWITCHYARD_APPEND_WRITERS"),
+                "{bad}: {e}"
+            );
+        }
+        let mut v = base();
+        v.push(("SWITCHYARD_APPEND_WRITERS", "8"));
+        v.push(("SWITCHYARD_PG_POOL_SIZE", "12"));
+        let c = BridgeConfig::from_source(&Source::from_map(v)).unwrap();
+        assert_eq!(c.append_writers, 8);
     }
 
     #[test]

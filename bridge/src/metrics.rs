@@ -24,6 +24,7 @@ pub(crate) const EPHEMERAL: &str = "switchyard_bridge_events_ephemeral_total";
 pub(crate) const BATCH_SECONDS: &str = "switchyard_bridge_batch_seconds";
 pub(crate) const BATCH_SIZE: &str = "switchyard_bridge_batch_size";
 pub(crate) const APPEND_SECONDS: &str = "switchyard_bridge_append_seconds";
+pub(crate) const APPEND_GROUPS: &str = "switchyard_bridge_append_groups_size";
 pub(crate) const EVENT_LAG: &str = "switchyard_bridge_event_lag_seconds";
 pub(crate) const STAGE_SECONDS: &str = "switchyard_bridge_stage_seconds";
 pub(crate) const PG_ERRORS: &str = "switchyard_bridge_pg_errors_total";
@@ -112,6 +113,11 @@ const BRIDGE: &[Metric] = &[
     Metric::histogram(
         APPEND_SECONDS,
         "Duration of one PostgreSQL append transaction (successful or not).",
+        &[],
+    ),
+    Metric::histogram(
+        APPEND_GROUPS,
+        "Concurrent append transactions per batch: groups with disjoint channel sets (at most SWITCHYARD_APPEND_WRITERS).",
         &[],
     ),
     Metric::histogram(

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_channels::{ResolvedChannel, TopologyHandle};
 use switchyard_cursorlog::route::{route, Draft, Route};
+use switchyard_cursorlog::shard::shard;
 use switchyard_cursorlog::{CursorLog, Entry, LogError, LogEvent, NewEvent};
 use switchyard_livefeed::Publisher;
 use switchyard_ops::backoff::Backoff;
@@ -537,31 +538,66 @@ impl Pipeline {
         for sc in parents.values().take(MAX_BATCH_LINKS) {
             span.add_link(sc.clone());
         }
-        let appended = self
-            .retry(
+        // Groups with disjoint channel sets are appended concurrently, each
+        // in its own transaction and retried on its own: a channel's events
+        // are all in one group, in batch order, so its sequences are those
+        // a single transaction would assign.
+        let groups = shard(&new_events, self.cfg.append_writers);
+        let shards: Vec<Vec<NewEvent>> = if groups.len() <= 1 {
+            vec![new_events]
+        } else {
+            let mut slots: Vec<Option<NewEvent>> = new_events.into_iter().map(Some).collect();
+            groups
+                .iter()
+                .map(|g| g.iter().filter_map(|&i| slots[i].take()).collect())
+                .collect()
+        };
+        metrics::histogram!(m::APPEND_GROUPS).record(shards.len() as f64);
+        let batch_span = &span;
+        let appends = shards.iter().map(|events| {
+            self.retry(
                 "append to the cursor log",
                 Stage::Writer,
                 m::PG_ERRORS,
                 None,
                 cancel,
-                || {
-                    async {
-                        match append_resilient(&self.log, &new_events).await {
+                move || {
+                    async move {
+                        match append_resilient(&self.log, events).await {
                             Err(LogError::UnknownChannel(id)) => Ok(Err(id)),
                             r => r.map(Ok),
                         }
                     }
                     .instrument(tracing::info_span!(
-                        parent: &span,
+                        parent: batch_span,
                         "cursorlog.append",
-                        events = new_events.len()
+                        events = events.len()
                     ))
                 },
             )
-            .await?;
-        let Ok((outcome, poisoned)) = appended else {
+        });
+        let mut outcome = switchyard_cursorlog::AppendOutcome::default();
+        let mut poisoned = Vec::new();
+        let mut stale = false;
+        for r in futures::future::join_all(appends).await {
+            match r? {
+                Ok((o, p)) => {
+                    outcome.appended.extend(o.appended);
+                    outcome.duplicates.extend(o.duplicates);
+                    poisoned.extend(p);
+                }
+                // Groups that did commit are found as duplicates when the
+                // batch is appended again.
+                Err(_) => stale = true,
+            }
+        }
+        if stale {
             return Err(Unfinished::StaleChannels(batch));
-        };
+        }
+        // Back into batch order (each group's events already are).
+        outcome
+            .appended
+            .sort_by_key(|e| msg_of_event.get(&e.event_id).copied());
         let batch = &batch[..];
         for (event_id, why) in poisoned {
             if let Some(&i) = msg_of_event.get(&event_id) {

@@ -12,6 +12,8 @@
 //! - [`route`]: [`route::route`], which channels of an event are logged
 //!   (and until when) and which are reached live only; the bridge and
 //!   client publishes both route through it.
+//! - [`shard`]: [`shard::shard`], a batch split into groups with disjoint
+//!   channel sets, appended concurrently by the bridge.
 //! - [`cursor`]: the opaque client cursor (log epoch + per-channel positions).
 //! - [`metrics`]: the connection pool's gauges, as a catalog part both
 //!   binaries add to theirs.
@@ -29,6 +31,7 @@ pub mod log;
 pub mod metrics;
 pub mod migrate;
 pub mod route;
+pub mod shard;
 mod tls;
 
 pub use cursor::{Cursor, CursorError};

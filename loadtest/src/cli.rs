@@ -35,6 +35,11 @@ pub enum Cmd {
     /// reconnecting and hostile clients and a schedule of faults; writes
     /// results/soak.{json,md}; exit 2 on loss or duplication.
     Soak(Box<SoakArgs>),
+    /// A small fixed set against Switchyard only (~3 minutes): fan-out,
+    /// ingest, idle memory, reconnect storm; one table compared with
+    /// results/quick-baseline.json. Exit 3 when a figure is worse than its
+    /// tolerance or events were lost.
+    Quick(crate::quick::QuickArgs),
 }
 
 /// Options of the chaos soak.
@@ -277,7 +282,8 @@ pub struct RunArgs {
     pub out_dir: Option<PathBuf>,
 
     /// Where switchyard-bridge and switchyard-gateway are
-    /// [default: target/release of the workspace].
+    /// [default: beside switchyard-loadtest when there, else target/release
+    /// of the workspace].
     #[arg(long)]
     pub switchyard_bin_dir: Option<PathBuf>,
 

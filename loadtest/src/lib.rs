@@ -17,6 +17,7 @@
 //! | [`systems`] | how each system under test is started: Switchyard, Socket.IO, naive, raw TCP |
 //! | [`scenario`] | fan-out, scoped, reconnect storm, ingest, idle: one module each, and the run that drives them |
 //! | [`report`] | JSON, Markdown, README figures; [`plot`] draws the SVG |
+//! | [`quick`] | the quick regression set and its comparison with a stored baseline |
 //! | [`preflight`] | file limits, sysctls and tools a large run needs |
 //! | [`broadcaster`] | the naive tokio-tungstenite broadcaster (peer binary) |
 //! | [`rawfanout`] | the raw TCP fan-out ceiling (peer binary) |
@@ -37,6 +38,7 @@ pub mod plot;
 pub mod preflight;
 pub mod procstat;
 pub mod producer;
+pub mod quick;
 pub mod rawfanout;
 pub mod report;
 pub mod scenario;

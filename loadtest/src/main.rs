@@ -4,10 +4,12 @@
 
 use clap::Parser as _;
 use switchyard_loadtest::cli::{Cli, Cmd, ScenarioKind};
-use switchyard_loadtest::report;
+use switchyard_loadtest::{quick, report};
 
 /// Exit code when events were lost, duplicated or leaked (without --allow-loss).
 const EXIT_LOSS: i32 = 2;
+/// Exit code of `quick` when a figure is worse than the baseline allows.
+const EXIT_WORSE: i32 = 3;
 
 fn main() {
     let cli = Cli::parse();
@@ -62,6 +64,32 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Preflight => {
             switchyard_loadtest::preflight::report(raise_nofile());
             Ok(0)
+        }
+        Cmd::Quick(q) => {
+            let nofile = raise_nofile();
+            if nofile < 5000 {
+                eprintln!("warning: open-files limit {nofile} is low for 2,000 connections");
+            }
+            let path = q.baseline.clone().unwrap_or_else(quick::default_baseline);
+            let base = quick::read_baseline(&path)?;
+            let t = std::time::Instant::now();
+            let now = quick::measure(&q).await?;
+            let (table, worse) = quick::table(&now, base.as_ref());
+            println!("\n## quick ({:.0} s)\n\n{table}", t.elapsed().as_secs_f64());
+            if base.is_none() {
+                println!(
+                    "no baseline at {}: save one with --save-baseline",
+                    path.display()
+                );
+            }
+            if let Some(p) = &q.json {
+                quick::write(p, &now)?;
+            }
+            if q.save_baseline {
+                quick::write(&path, &now)?;
+                eprintln!("wrote the baseline {}", path.display());
+            }
+            Ok(if worse > 0 { EXIT_WORSE } else { 0 })
         }
         Cmd::Report { out_dir } => {
             let default = out_dir.is_none();

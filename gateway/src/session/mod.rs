@@ -23,18 +23,21 @@ use crate::protocol::{self, ErrorCode, Protocol, Reply, Request};
 use crate::subscribe::Planner;
 use crate::subscription::{Positions, SubSpec};
 use crate::Node;
-use fastwebsockets::Role;
+use futures::StreamExt as _;
 use reader::{Inbound, ReaderLinks};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use writer::{WriterConfig, WriterLinks};
 
 const KEEPALIVE: Duration = Duration::from_secs(30);
+/// Whole client messages the reader may hand on before it waits for the
+/// session loop.
+const INBOUND_QUEUE: usize = 15;
 const IDLE_LIMIT: Duration = Duration::from_secs(75);
 /// Delay before re-resolving subscriptions again after the log failed.
 const RERESOLVE_RETRY: Duration = Duration::from_secs(2);
@@ -108,13 +111,6 @@ pub(crate) async fn run<S>(
 {
     let conn_id = uuid::Uuid::new_v4().simple().to_string();
     let (r, w) = tokio::io::split(io);
-    let (mut ws_read, _) =
-        fastwebsockets::after_handshake_split(r, tokio::io::sink(), Role::Server);
-    ws_read.set_max_message_size(node.cfg.max_frame_bytes);
-    ws_read.set_auto_close(true);
-    // Pings are answered by the reader under a rate limit, not by
-    // fastwebsockets (which answers every one).
-    ws_read.set_auto_pong(false);
 
     let (tx, rx) = outbound::queue(node.cfg.outbound_queue.max(8), node.cfg.outbound_bytes);
     let (expiry_tx, expiry_rx) = watch::channel(identity.exp);
@@ -168,9 +164,11 @@ pub(crate) async fn run<S>(
     // The reader gets its own task: `read_frame` is not cancel-safe, so it
     // is never raced against anything it must survive; the session loop
     // below selects over its output and the topology's changes instead.
-    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(16);
+    // futures' bounded channel allocates per message, not a 32-slot block
+    // up front as tokio's does: an idle connection's channel stays small.
+    let (in_tx, mut in_rx) = futures::channel::mpsc::channel::<Inbound>(INBOUND_QUEUE);
     let reader_task = tokio::spawn(reader::run(
-        ws_read,
+        r,
         ReaderLinks {
             outbound: tx.clone(),
             inbound: in_tx,
@@ -188,7 +186,7 @@ pub(crate) async fn run<S>(
     loop {
         let retry = session.reresolve_at;
         tokio::select! {
-            inbound = in_rx.recv() => match inbound {
+            inbound = in_rx.next() => match inbound {
                 // Boxed: the request paths (PostgreSQL, Redis) have large
                 // futures; kept out of line, an idle connection's task stays
                 // small.

@@ -95,10 +95,15 @@ impl Ctx {
             })
             .unwrap_or_else(|| workspace_root().join("target/release"));
         let sys_opts = SystemOptions {
-            switchyard_bin_dir: args
-                .switchyard_bin_dir
-                .clone()
-                .unwrap_or_else(|| workspace_root().join("target/release")),
+            // Beside the generator when built there (CARGO_TARGET_DIR), so a
+            // run measures the binaries of the same build.
+            switchyard_bin_dir: args.switchyard_bin_dir.clone().unwrap_or_else(|| {
+                if exe_dir.join("switchyard-gateway").exists() {
+                    exe_dir.clone()
+                } else {
+                    workspace_root().join("target/release")
+                }
+            }),
             peers_bin_dir: exe_dir,
             socketio_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/socketio"),
             jwt_secret: JWT_SECRET.into(),
