@@ -5,10 +5,8 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use switchyard_cursorlog::{CursorLog, PoolOptions};
-use switchyard_testkit::{scratch_dir, PgServer};
+use switchyard_testkit::{scratch_dir, test_certificates, PgServer};
 
 async fn connect(url: &str) -> Result<CursorLog, String> {
     CursorLog::connect(url, PoolOptions::default())
@@ -27,86 +25,6 @@ async fn encrypted(log: &CursorLog) -> bool {
         .await
         .unwrap()
         .get(0)
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A test CA and a server certificate it signed for `names` (subjectAltName).
-fn certificates(dir: &Path, names: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=switchyard-test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ];
-    ca.extend(ec);
-    openssl(dir, &ca);
-    let mut csr = vec![
-        "req",
-        "-new",
-        "-subj",
-        "/CN=switchyard-test-db",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ];
-    csr.extend(ec);
-    openssl(dir, &csr);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        format!("subjectAltName={names}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n"),
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-days",
-            "2",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "server.crt",
-        ],
-    );
-    (
-        dir.join("ca.crt"),
-        dir.join("server.crt"),
-        dir.join("server.key"),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +58,7 @@ async fn tls_to_postgresql_is_used_and_verify_full_checks_the_certificate() {
     let dir = scratch_dir("pg-tls");
     let certs = dir.join("certs");
     std::fs::create_dir_all(&certs).unwrap();
-    let (ca, crt, key) = certificates(&certs, "DNS:localhost,IP:127.0.0.1");
+    let (ca, crt, key) = test_certificates(&certs, "DNS:localhost,IP:127.0.0.1");
     let pg = PgServer::start(&dir.join("server")).unwrap();
     pg.enable_tls(&crt, &key).unwrap();
     let base = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
@@ -169,7 +87,7 @@ async fn tls_to_postgresql_is_used_and_verify_full_checks_the_certificate() {
     // Another CA's roots are refused too.
     let other = dir.join("other");
     std::fs::create_dir_all(&other).unwrap();
-    let (other_ca, _, _) = certificates(&other, "DNS:localhost");
+    let (other_ca, _, _) = test_certificates(&other, "DNS:localhost");
     let e = connect(&format!(
         "{base}?sslmode=verify-full&sslrootcert={}",
         other_ca.display()
@@ -187,7 +105,7 @@ async fn verify_full_checks_the_host_name() {
     let dir = scratch_dir("pg-tls-name");
     let certs = dir.join("certs");
     std::fs::create_dir_all(&certs).unwrap();
-    let (ca, crt, key) = certificates(&certs, "DNS:db.example.internal");
+    let (ca, crt, key) = test_certificates(&certs, "DNS:db.example.internal");
     let pg = PgServer::start(&dir.join("server")).unwrap();
     pg.enable_tls(&crt, &key).unwrap();
     let url = format!(

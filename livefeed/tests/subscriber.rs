@@ -142,84 +142,12 @@ async fn a_rediss_url_against_a_server_without_tls_fails_clearly() {
 #[tokio::test]
 async fn events_flow_over_tls_to_redis() {
     let dir = switchyard_testkit::scratch_dir("redis-tls");
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=redis-test-ca",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-    ];
-    ca.extend(ec);
-    openssl(&ca);
-    let mut csr = vec![
-        "req",
-        "-new",
-        "-subj",
-        "/CN=redis",
-        "-keyout",
-        "redis.key",
-        "-out",
-        "redis.csr",
-    ];
-    csr.extend(ec);
-    openssl(&csr);
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-days",
-        "2",
-        "-in",
-        "redis.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "redis.crt",
-    ]);
+    let (ca, crt, key) = switchyard_testkit::test_certificates(&dir, "DNS:localhost,IP:127.0.0.1");
     // The other tests of this binary use plain Redis: the variable does not
     // concern them.
-    std::env::set_var("SSL_CERT_FILE", dir.join("ca.crt"));
+    std::env::set_var("SSL_CERT_FILE", &ca);
     let port = switchyard_testkit::free_port();
-    let _redis = switchyard_testkit::RedisServer::start_tls(
-        &dir,
-        port,
-        &dir.join("redis.crt"),
-        &dir.join("redis.key"),
-    )
-    .unwrap();
+    let _redis = switchyard_testkit::RedisServer::start_tls(&dir, port, &crt, &key).unwrap();
     let url = format!("rediss://127.0.0.1:{port}");
     // Plain text to the TLS port is refused.
     let plain = tokio::time::timeout(

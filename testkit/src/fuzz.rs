@@ -169,3 +169,21 @@ pub fn text_inputs(corpus: &[(String, Vec<u8>)]) -> BoxedStrategy<String> {
         .prop_map(|b| String::from_utf8_lossy(&b).into_owned())
         .boxed()
 }
+
+/// Arbitrary JSON values (nested a few levels) for payloads.
+pub fn json_values() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        "\\PC{0,20}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 32, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::btree_map("\\PC{0,8}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}

@@ -16,6 +16,7 @@
 //! | `database` | fresh PostgreSQL databases, a private PostgreSQL server |
 //! | `redis` | the test Redis, a private `redis-server` |
 //! | `stack` | a whole deployment: broker, database, bridge, gateways |
+//! | `tls` | a throwaway CA and server certificate (openssl) for TLS tests |
 //! | `token` | JWTs signed with the test secret |
 //! | `event` | the events tests produce |
 //! | `client` | the WebSocket test client speaking the JSON protocol |
@@ -40,6 +41,7 @@ mod probe;
 mod process;
 mod redis;
 mod stack;
+mod tls;
 mod token;
 
 pub use api::{api_request, API_KEY};
@@ -56,6 +58,7 @@ pub use probe::{
 pub use process::{binary, scratch_dir, Proc};
 pub use redis::{redis_base, RedisServer};
 pub use stack::{default_stack, require_servers, seed_topology, GatewayNode, Stack, StackOptions};
+pub use tls::test_certificates;
 pub use token::{mint_hs256, token, token_with, SECRET};
 
 /// `<prefix>_<12 random hex digits>`: the fresh names that keep tests apart.
