@@ -25,22 +25,8 @@ pub struct RedisServer {
 impl RedisServer {
     pub fn start(dir: &Path, port: u16) -> anyhow::Result<RedisServer> {
         let mut cmd = Command::new("redis-server");
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]);
-        let proc = Proc::spawn(&format!("redis-{port}"), cmd, dir)?;
-        wait_port(
-            format!("127.0.0.1:{port}").parse()?,
-            Duration::from_secs(10),
-        )?;
-        Ok(RedisServer { port, proc })
+        cmd.args(["--port", &port.to_string()]);
+        Self::spawn(cmd, &format!("redis-{port}"), dir, port)
     }
 
     /// A redis-server that speaks only TLS on `port`, with this certificate
@@ -57,17 +43,15 @@ impl RedisServer {
             .arg(cert)
             .arg("--tls-key-file")
             .arg(key)
-            .args([
-                "--tls-auth-clients",
-                "no",
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]);
-        let proc = Proc::spawn(&format!("redis-tls-{port}"), cmd, dir)?;
+            .args(["--tls-auth-clients", "no"]);
+        Self::spawn(cmd, &format!("redis-tls-{port}"), dir, port)
+    }
+
+    /// Starts `cmd` (its listening options given) on loopback, keeping
+    /// nothing on disk, and waits until `port` accepts connections.
+    fn spawn(mut cmd: Command, name: &str, dir: &Path, port: u16) -> anyhow::Result<RedisServer> {
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        let proc = Proc::spawn(name, cmd, dir)?;
         wait_port(
             format!("127.0.0.1:{port}").parse()?,
             Duration::from_secs(10),
