@@ -19,7 +19,9 @@
 
 use crate::auth::Identity;
 use crate::error::RequestError;
-use crate::http::{accept_bounded, json_error, messages_response, query_param, Body};
+use crate::http::{
+    accept_bounded, json_error, messages_response, query_param, required_topic, Body,
+};
 use crate::metrics as m;
 use crate::presence::PresenceChannel;
 use crate::protocol::presence_json;
@@ -411,12 +413,9 @@ fn list(query: &str, name: &str) -> Vec<String> {
 
 async fn history(req: &Request<Incoming>, node: &Node) -> Response<Body> {
     let query = req.uri().query().unwrap_or("");
-    let Some(topic) = query_param(query, "topic").filter(|t| !t.is_empty()) else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "missing topic parameter",
-        );
+    let topic = match required_topic(query) {
+        Ok(t) => t,
+        Err(refusal) => return *refusal,
     };
     let limit = match query_param(query, "limit").map(|l| l.parse::<usize>()) {
         None => 100,
@@ -430,16 +429,7 @@ async fn history(req: &Request<Incoming>, node: &Node) -> Response<Body> {
         }
     };
     let user = query_param(query, "user").filter(|u| !u.is_empty());
-    let identity = Identity {
-        user: user.as_deref().unwrap_or("").into(),
-        exp: u64::MAX,
-        info: None,
-        entitlements: Entitlements {
-            tenant: query_param(query, "tenant").filter(|t| !t.is_empty()),
-            products: list(query, "products"),
-            features: list(query, "features"),
-        },
-    };
+    let identity = query_identity(query);
     let cursor = query_param(query, "cursor").filter(|c| !c.is_empty());
     let planner = node.planner();
     let plan = match planner
@@ -486,12 +476,9 @@ fn query_identity(query: &str) -> Identity {
 
 async fn presence(req: &Request<Incoming>, node: &Node, members: bool) -> Response<Body> {
     let query = req.uri().query().unwrap_or("");
-    let Some(topic) = query_param(query, "topic").filter(|t| !t.is_empty()) else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "missing topic parameter",
-        );
+    let topic = match required_topic(query) {
+        Ok(t) => t,
+        Err(refusal) => return *refusal,
     };
     let topology = node.topology.current();
     if !topology.has_topic(&topic) {

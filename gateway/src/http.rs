@@ -54,6 +54,19 @@ pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// The non-empty `topic` parameter of a query; without one, a ready 400.
+pub(crate) fn required_topic(query: &str) -> Result<String, Box<Response<Body>>> {
+    query_param(query, "topic")
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            Box::new(json_error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "missing topic parameter",
+            ))
+        })
+}
+
 /// Verifies the request's token; the refusal is a ready 401 response.
 pub(crate) fn authenticate(
     auth: &Authenticator,

@@ -18,7 +18,7 @@
 
 use crate::auth::Authenticator;
 use crate::error::RequestError;
-use crate::http::{authenticate, json_error, messages_response, query_param, Body};
+use crate::http::{authenticate, json_error, messages_response, query_param, required_topic, Body};
 use crate::metrics as m;
 use crate::outbound::Path;
 use crate::replay::read_messages;
@@ -139,12 +139,9 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: PollContext<'_>) -> Resp
         );
     };
     let query = req.uri().query().unwrap_or("");
-    let Some(topic) = query_param(query, "topic").filter(|t| !t.is_empty()) else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "missing topic parameter",
-        );
+    let topic = match required_topic(query) {
+        Ok(t) => t,
+        Err(refusal) => return *refusal,
     };
     let cursor = query_param(query, "cursor").filter(|c| !c.is_empty());
     let timeout_ms = match query_param(query, "timeout_ms").map(|t| t.parse::<u64>()) {
