@@ -40,6 +40,10 @@ pub enum Cmd {
     /// results/quick-baseline.json. Exit 3 when a figure is worse than its
     /// tolerance or events were lost.
     Quick(crate::quick::QuickArgs),
+    /// Internal: runs one slice of a large fleet for a parent
+    /// `switchyard-loadtest run` (JSON lines on stdin/stdout).
+    #[command(name = "fleet-worker", hide = true)]
+    FleetWorker,
 }
 
 /// Options of the chaos soak.
@@ -128,6 +132,9 @@ pub enum ScenarioKind {
     Ingest,
     /// Server memory per idle connection.
     Idle,
+    /// Latency and server CPU per delivery against connection count,
+    /// Switchyard against raw TCP (not part of `all`).
+    Growth,
     /// Every scenario in turn.
     All,
 }
@@ -140,6 +147,7 @@ impl ScenarioKind {
             ScenarioKind::Reconnect => "reconnect",
             ScenarioKind::Ingest => "ingest",
             ScenarioKind::Idle => "idle",
+            ScenarioKind::Growth => "growth",
             ScenarioKind::All => "all",
         }
     }
@@ -155,7 +163,7 @@ impl ScenarioKind {
 
 #[derive(Debug, Clone, clap::Args, serde::Serialize)]
 pub struct RunArgs {
-    /// fanout | scoped | reconnect | ingest | idle | all
+    /// fanout | scoped | reconnect | ingest | idle | growth | all
     #[arg(value_enum)]
     pub scenario: ScenarioKind,
 
@@ -221,6 +229,17 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 180.0)]
     pub ingest_timeout_seconds: f64,
 
+    /// Growth: connection counts, one measurement each.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "2000,10000,20000,50000,100000"
+    )]
+    pub growth_connections: Vec<usize>,
+    /// Growth: events/s of each measurement.
+    #[arg(long, default_value_t = 5.0)]
+    pub growth_rate: f64,
+
     /// Idle: seconds to let the servers settle before reading memory.
     #[arg(long, default_value_t = 5.0)]
     pub idle_settle_seconds: f64,
@@ -237,6 +256,12 @@ pub struct RunArgs {
     /// next one (127.0.0.1, 127.0.0.2, ...): each has ~28k ephemeral ports.
     #[arg(long, default_value_t = 20_000)]
     pub conns_per_source_ip: usize,
+
+    /// Connections per generator process: a larger fleet runs in
+    /// ⌈connections / this⌉ worker processes (one process may hold at
+    /// most 20,000 open files here).
+    #[arg(long, default_value_t = crate::fleet::DEFAULT_CONNS_PER_PROCESS)]
+    pub conns_per_process: usize,
 
     /// First loopback source address.
     #[arg(long, default_value = "127.0.0.1")]
@@ -322,6 +347,7 @@ impl RunArgs {
     pub fn connections_for(&self, s: ScenarioKind) -> usize {
         self.connections.unwrap_or(match s {
             ScenarioKind::Scoped => 5000,
+            ScenarioKind::Growth => self.growth_connections.iter().copied().max().unwrap_or(0),
             _ => 10_000,
         })
     }
@@ -337,9 +363,12 @@ impl RunArgs {
     }
 
     /// The systems to run, and whether they were named explicitly.
-    pub fn systems_to_run(&self) -> (Vec<SystemKind>, bool) {
+    pub fn systems_to_run(&self, s: ScenarioKind) -> (Vec<SystemKind>, bool) {
         if !self.systems.is_empty() {
             return (self.systems.clone(), true);
+        }
+        if s == ScenarioKind::Growth {
+            return (vec![SystemKind::Switchyard, SystemKind::Rawtcp], false);
         }
         // Systems a scenario does not apply to are listed as not measured.
         (SystemKind::ALL.to_vec(), false)

@@ -34,7 +34,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// The wire protocol of a system under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Protocol {
     Switchyard,
     SocketIo,
@@ -43,7 +43,7 @@ pub enum Protocol {
 }
 
 /// What the harness wants the connections to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Mode {
     /// Be connected (connect, or reconnect with the last cursor).
     Run,
@@ -53,8 +53,9 @@ pub enum Mode {
     Stop,
 }
 
-/// How to reach the system, for one connection.
-#[derive(Debug, Clone)]
+/// How to reach the system, for one connection (sent as is to a fleet
+/// worker process, see [`crate::worker`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ClientSpec {
     pub protocol: Protocol,
     pub server: SocketAddr,
@@ -64,7 +65,8 @@ pub struct ClientSpec {
     /// Switchyard: the access token.
     pub token: String,
     /// Switchyard: the topic to subscribe to.
-    pub topic: &'static str,
+    #[serde(deserialize_with = "known_topic")]
+    pub topic: StaticTopic,
     /// Socket.IO: the product rooms to join.
     pub products: Vec<String>,
     /// Other nodes of the same system: after a lost connection or a failed
@@ -73,6 +75,23 @@ pub struct ClientSpec {
     /// Switchyard: end the connection after a random time in this range
     /// (ms) and reconnect at once with the last cursor (the soak's churn).
     pub churn_ms: Option<(u64, u64)>,
+}
+
+/// A topic name that lives as long as the program. An alias, so serde's
+/// derive does not borrow it from the input (it would for a literal
+/// `&'static str` field) and [`known_topic`] maps it instead.
+pub type StaticTopic = &'static str;
+
+/// Maps a topic read from a worker's input back to the constant it came
+/// from (specs hold `&'static str`, so 100,000 of them share one string).
+fn known_topic<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    use serde::de::Error as _;
+    use serde::Deserialize as _;
+    let s = String::deserialize(d)?;
+    [crate::event::FANOUT_TOPIC, crate::event::SCOPED_TOPIC]
+        .into_iter()
+        .find(|t| *t == s)
+        .ok_or_else(|| D::Error::custom(format!("unknown client topic {s:?}")))
 }
 
 /// State shared by all connections of one system phase.
@@ -486,17 +505,22 @@ async fn backoff(ctrl: &mut watch::Receiver<Mode>, attempt: u32, state: &ConnSta
     }
 }
 
-/// All connections of one system phase.
+/// All connections of one system phase held in this process (the
+/// scenarios go through [`crate::fleet::Fleet`], which spreads large
+/// fleets over several processes of these).
 #[derive(Debug)]
-pub struct Fleet {
+pub struct LocalFleet {
     pub conns: Vec<Arc<ConnState>>,
     pub shared: Arc<Shared>,
+    /// Reconnect storm: which connections had been connected when the
+    /// catch-up target was armed (only they count as caught up).
+    armed: std::sync::Mutex<Vec<bool>>,
     ctrl: watch::Sender<Mode>,
     tasks: JoinSet<()>,
 }
 
 /// How a fleet connects.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct FleetOptions {
     pub connect_concurrency: usize,
     pub connect_timeout: Duration,
@@ -504,10 +528,10 @@ pub struct FleetOptions {
     pub shards: usize,
 }
 
-impl Fleet {
+impl LocalFleet {
     /// Spawns one task per `(spec, entitled streams)`; they start connecting
     /// at once (at most `connect_concurrency` handshakes at a time).
-    pub fn spawn(clients: Vec<(ClientSpec, Vec<u32>)>, opts: FleetOptions) -> Fleet {
+    pub fn spawn(clients: Vec<(ClientSpec, Vec<u32>)>, opts: FleetOptions) -> LocalFleet {
         let shared = Arc::new(Shared {
             recorder: Arc::new(Recorder::new(opts.shards)),
             live: AtomicUsize::new(0),
@@ -525,12 +549,49 @@ impl Fleet {
             conns.push(state.clone());
             tasks.spawn(run_client(idx, spec, state, shared.clone(), rx.clone()));
         }
-        Fleet {
+        LocalFleet {
             conns,
             shared,
+            armed: std::sync::Mutex::new(Vec::new()),
             ctrl,
             tasks,
         }
+    }
+
+    /// Arms the reconnect storm's catch-up: event `target` of stream 0
+    /// means caught up; clears every connection's catch-up time and notes
+    /// which connections had been connected (only they count).
+    pub fn arm_catch_up(&self, target: u64) {
+        self.shared.catch_up_target.store(target, Relaxed);
+        let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
+        armed.clear();
+        for c in &self.conns {
+            c.caught_up_at_us.store(0, Relaxed);
+            armed.push(c.connected_at_us.load(Relaxed) > 0);
+        }
+    }
+
+    /// Connections armed by [`Self::arm_catch_up`] that have caught up.
+    pub fn caught_up(&self) -> usize {
+        let armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
+        self.conns
+            .iter()
+            .zip(armed.iter())
+            .filter(|(c, a)| **a && c.caught_up_at_us.load(Relaxed) > 0)
+            .count()
+    }
+
+    /// Which connections [`Self::arm_catch_up`] counted, by index.
+    pub fn armed(&self) -> Vec<bool> {
+        self.armed.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether every connection is live or has used up its attempts.
+    pub fn exhausted(&self) -> bool {
+        self.conns.iter().all(|c| {
+            c.live.load(Relaxed)
+                || c.connect_failures.load(Relaxed) >= u64::from(self.shared.max_attempts)
+        })
     }
 
     pub fn live(&self) -> usize {
@@ -557,11 +618,7 @@ impl Fleet {
             if live >= want || tokio::time::Instant::now() >= deadline {
                 return live;
             }
-            let exhausted = self.conns.iter().all(|c| {
-                c.live.load(Relaxed)
-                    || c.connect_failures.load(Relaxed) >= u64::from(self.shared.max_attempts)
-            });
-            if exhausted {
+            if self.exhausted() {
                 return live;
             }
             if live != last && last_report.elapsed() > Duration::from_secs(2) {

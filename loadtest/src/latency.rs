@@ -59,7 +59,54 @@ pub struct Percentiles {
     pub mean_ms: f64,
 }
 
+/// A [`Sample`] as it crosses a process boundary: the histogram's
+/// recorded values with their counts (each value lands in its own bucket
+/// again on the other side, so merging is exact).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct WireSample {
+    pub counts: Vec<(u64, u64)>,
+    pub deliveries: u64,
+    pub first_us: u64,
+    pub last_us: u64,
+}
+
 impl Sample {
+    /// A sample with nothing recorded.
+    pub fn empty() -> Sample {
+        Sample {
+            hist: Histogram::new_with_bounds(1, MAX_US, 3)
+                .expect("static histogram bounds are valid"),
+            deliveries: 0,
+            first_us: 0,
+            last_us: 0,
+        }
+    }
+
+    pub fn to_wire(&self) -> WireSample {
+        WireSample {
+            counts: self
+                .hist
+                .iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect(),
+            deliveries: self.deliveries,
+            first_us: self.first_us,
+            last_us: self.last_us,
+        }
+    }
+
+    /// Adds another process's sample to this one.
+    pub fn merge_wire(&mut self, w: &WireSample) {
+        for (v, n) in &w.counts {
+            self.hist.saturating_record_n((*v).clamp(1, MAX_US), *n);
+        }
+        self.deliveries += w.deliveries;
+        if w.first_us != 0 && (self.first_us == 0 || w.first_us < self.first_us) {
+            self.first_us = w.first_us;
+        }
+        self.last_us = self.last_us.max(w.last_us);
+    }
+
     pub fn percentiles(&self) -> Option<Percentiles> {
         if self.hist.is_empty() {
             return None;
@@ -110,13 +157,7 @@ impl Recorder {
 
     /// Merges and resets all shards.
     pub fn take(&self) -> Sample {
-        let mut out = Sample {
-            hist: Histogram::new_with_bounds(1, MAX_US, 3)
-                .expect("static histogram bounds are valid"),
-            deliveries: 0,
-            first_us: 0,
-            last_us: 0,
-        };
+        let mut out = Sample::empty();
         for shard in self.shards.iter() {
             let mut s = shard.lock().unwrap_or_else(|p| p.into_inner());
             let _ = out.hist.add(&s.hist);
@@ -149,5 +190,34 @@ mod tests {
         assert!(p.max_ms >= 1.99 && p.max_ms < 2.01, "{p:?}");
         assert_eq!(r.deliveries(), 0);
         assert!(r.take().percentiles().is_none());
+    }
+
+    #[test]
+    fn a_sample_survives_the_wire_and_merges_exactly() {
+        let a = Recorder::new(2);
+        let b = Recorder::new(2);
+        for i in 0..500u64 {
+            a.record(i as usize, 1_000, 1_000 + 100 + i);
+            b.record(i as usize, 1_000, 1_000 + 10_000 + 7 * i);
+        }
+        let (sa, sb) = (a.take(), b.take());
+        let mut whole = sa.clone();
+        let _ = whole.hist.add(&sb.hist);
+        let mut merged = Sample::empty();
+        let wire: WireSample =
+            serde_json::from_str(&serde_json::to_string(&sa.to_wire()).expect("serialises"))
+                .expect("parses");
+        merged.merge_wire(&wire);
+        merged.merge_wire(&sb.to_wire());
+        assert_eq!(merged.deliveries, 1000);
+        assert_eq!(merged.hist.len(), whole.hist.len());
+        for q in [0.5, 0.9, 0.99, 1.0] {
+            assert_eq!(
+                merged.hist.value_at_quantile(q),
+                whole.hist.value_at_quantile(q)
+            );
+        }
+        assert_eq!(merged.first_us, sa.first_us.min(sb.first_us));
+        assert_eq!(merged.last_us, sa.last_us.max(sb.last_us));
     }
 }

@@ -10,6 +10,8 @@
 //! | [`event`] | the events produced to Kafka and the cheap scan of what clients receive |
 //! | [`producer`] | the open-loop Kafka producer (no coordinated omission) |
 //! | [`client`] | one lightweight task per connection, for every wire protocol |
+//! | [`fleet`] | the scenarios' view of all connections, in this process or spread over worker processes |
+//! | [`worker`] | the fleet worker process and the line protocol the generator steers it with |
 //! | [`verify`] | per-connection completeness / once / order checks |
 //! | [`latency`] | sharded HdrHistograms of end-to-end latency |
 //! | [`procstat`] | CPU and memory of server processes from `/proc` |
@@ -32,6 +34,7 @@ pub mod broadcaster;
 pub mod cli;
 pub mod client;
 pub mod event;
+pub mod fleet;
 pub mod infra;
 pub mod latency;
 pub mod plot;
@@ -44,6 +47,7 @@ pub mod report;
 pub mod scenario;
 pub mod systems;
 pub mod verify;
+pub mod worker;
 
 /// Microseconds since the Unix epoch (wall clock, shared by producer and
 /// clients on the same machine).

@@ -48,7 +48,9 @@ fn command_for(scenario: ScenarioKind) -> String {
     let mut out = vec!["loadtest/run.sh".to_owned()];
     let mut replaced = false;
     for a in args {
-        let is_scenario = ScenarioKind::EACH.iter().any(|s| s.name() == a) || a == "all";
+        let is_scenario = ScenarioKind::EACH.iter().any(|s| s.name() == a)
+            || a == "all"
+            || a == ScenarioKind::Growth.name();
         if !replaced && is_scenario {
             out.push(scenario.name().to_owned());
             replaced = true;
@@ -61,6 +63,12 @@ fn command_for(scenario: ScenarioKind) -> String {
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.cmd {
+        Cmd::FleetWorker => {
+            // Its own soft limit up to the hard one, like the parent's.
+            raise_nofile();
+            switchyard_loadtest::worker::serve(tokio::io::stdin(), tokio::io::stdout()).await?;
+            Ok(0)
+        }
         Cmd::Preflight => {
             switchyard_loadtest::preflight::report(raise_nofile());
             Ok(0)
@@ -134,11 +142,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Run(args) => {
             let nofile = raise_nofile();
             let args = *args;
+            // A fleet larger than --conns-per-process is spread over worker
+            // processes, each with its own limit.
             let conns_needed = ScenarioKind::EACH
                 .iter()
                 .map(|s| args.connections_for(*s))
                 .max()
-                .unwrap_or(0) as u64;
+                .unwrap_or(0)
+                .min(args.conns_per_process) as u64;
             if nofile < conns_needed + 1024 {
                 eprintln!(
                     "warning: open-files limit {nofile} is below the {conns_needed} connections asked for; run through loadtest/run.sh (ulimit -n 200000)"

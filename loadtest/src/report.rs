@@ -87,6 +87,9 @@ pub struct SystemResult {
     pub peak_1s_events_per_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub committed_offsets: Option<i64>,
+    /// Growth: the system's CPU over the step per delivery, µs.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cpu_us_per_delivery: Option<f64>,
     pub processes: Vec<ProcUsage>,
     /// Shared servers charged to this measurement (broker, Redis, PostgreSQL backends).
     pub infra: Vec<ProcUsage>,
@@ -254,6 +257,7 @@ fn rows(r: &RunReport) -> String {
                 );
             }
         }
+        "growth" => growth_rows(&mut s, r),
         "reconnect" => {
             s.push_str("| system | connections | all reconnected s | all caught up s | catch-up p50 s | p99 s | deliveries | p99 ms | lost | dup | server CPU s | peak RSS MiB |\n");
             s.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
@@ -300,6 +304,65 @@ fn rows(r: &RunReport) -> String {
         }
     }
     s
+}
+
+/// The growth table: one row per connection count, Switchyard and raw TCP
+/// side by side, and what Switchyard adds.
+fn growth_rows(s: &mut String, r: &RunReport) {
+    let find = |system: &str, n: usize| {
+        r.results
+            .iter()
+            .filter(|x| x.system == system)
+            .flat_map(|x| x.steps.iter())
+            .find(|st| st.connections == n && st.error.is_none())
+    };
+    let mut counts: Vec<usize> = r
+        .results
+        .iter()
+        .flat_map(|x| x.steps.iter().map(|st| st.connections))
+        .collect();
+    counts.sort_unstable();
+    counts.dedup();
+    s.push_str("| connections | switchyard p50 ms | p99 ms | rawtcp p50 ms | p99 ms | added p50 ms | added p99 ms | switchyard CPU µs/delivery | rawtcp CPU µs/delivery | switchyard RSS MiB | lost |\n");
+    s.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for n in counts {
+        let sy = find("switchyard", n);
+        let raw = find("rawtcp", n);
+        let diff = |f: fn(&SystemResult) -> Option<f64>| match (sy.and_then(f), raw.and_then(f)) {
+            (Some(a), Some(b)) => Some(a - b),
+            _ => None,
+        };
+        let lost: u64 = [sy, raw].iter().flatten().map(|x| x.lost).sum();
+        let _ = writeln!(
+            s,
+            "| {n} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {lost} |",
+            opt(sy.and_then(|x| x.p50_ms), 1),
+            opt(sy.and_then(|x| x.p99_ms), 1),
+            opt(raw.and_then(|x| x.p50_ms), 1),
+            opt(raw.and_then(|x| x.p99_ms), 1),
+            opt(diff(|x| x.p50_ms), 1),
+            opt(diff(|x| x.p99_ms), 1),
+            opt(sy.and_then(|x| x.cpu_us_per_delivery), 2),
+            opt(raw.and_then(|x| x.cpu_us_per_delivery), 2),
+            sy.map_or("–".into(), |x| mib(x.server_rss_bytes)),
+        );
+    }
+    let failed: Vec<String> = r
+        .results
+        .iter()
+        .flat_map(|x| x.steps.iter())
+        .filter_map(|st| {
+            Some(format!(
+                "{} at {}: {}",
+                st.system,
+                st.connections,
+                st.error.as_ref()?.lines().next().unwrap_or("")
+            ))
+        })
+        .collect();
+    if !failed.is_empty() {
+        let _ = writeln!(s, "\nFailed: {}.", failed.join("; "));
+    }
 }
 
 /// The full Markdown page of a report.

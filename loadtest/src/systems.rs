@@ -9,6 +9,12 @@
 //! * `naive`: one `naive-broadcaster` (tokio-tungstenite + rdkafka);
 //! * `rawtcp`: one `raw-fanout` (length-prefixed TCP, the ceiling).
 //!
+//! For a fleet larger than [`CONNS_PER_SERVER_PROCESS`] every system gets
+//! ⌈connections / 15,000⌉ client-facing processes ([`SystemOptions::sized_for`]):
+//! that many gateway nodes or Socket.IO processes at least, and that many
+//! `naive-broadcaster` / `raw-fanout` processes, each in its own consumer
+//! group so each gets every event. Clients are spread round-robin.
+//!
 //! Invariant: a system is ready only when its readiness check passes
 //! (`/readyz`, or the listening port for the Rust peers); the scenarios then
 //! also wait for probe events to reach every connection before measuring.
@@ -84,12 +90,40 @@ pub struct SystemOptions {
     pub jwt_secret: String,
     /// Gateway nodes (Switchyard) and Node processes (Socket.IO).
     pub nodes: usize,
+    /// Processes of the naive broadcaster and of the raw TCP fan-out.
+    pub peer_procs: usize,
     /// Kafka fetch wait given to every consumer, for parity (0 = defaults).
     pub fetch_wait_ms: u32,
     /// Extra environment for Switchyard's processes (`K=V`).
     pub switchyard_env: Vec<(String, String)>,
     /// `RUST_LOG` for Switchyard's processes.
     pub server_log: String,
+}
+
+/// Connections one server process is given at most: one process may hold
+/// 20,000 open files on the machine the figures come from, and the limit
+/// cannot be raised.
+pub const CONNS_PER_SERVER_PROCESS: usize = 15_000;
+
+impl SystemOptions {
+    /// The options for a fleet of `conns` connections: enough server
+    /// processes that none holds more than [`CONNS_PER_SERVER_PROCESS`].
+    pub fn sized_for(&self, conns: usize) -> SystemOptions {
+        let need = conns.div_ceil(CONNS_PER_SERVER_PROCESS).max(1);
+        SystemOptions {
+            nodes: self.nodes.max(need),
+            peer_procs: self.peer_procs.max(need),
+            ..self.clone()
+        }
+    }
+
+    /// The client-facing processes `kind` runs with these options.
+    pub fn front_processes(&self, kind: SystemKind) -> usize {
+        match kind {
+            SystemKind::Switchyard | SystemKind::Socketio => self.nodes,
+            SystemKind::Naive | SystemKind::Rawtcp => self.peer_procs,
+        }
+    }
 }
 
 /// The run's shared servers, handed to [`start`].
@@ -110,6 +144,9 @@ pub struct Running {
     pub endpoints: Vec<SocketAddr>,
     pub kafka_topic: String,
     pub kafka_group: String,
+    /// How the system was started, for the report (e.g. more nodes than
+    /// asked for).
+    pub notes: Vec<String>,
 }
 
 impl Running {
@@ -244,6 +281,7 @@ pub async fn start(
         endpoints: Vec::new(),
         kafka_topic: kafka_topic.to_owned(),
         kafka_group: group.clone(),
+        notes: Vec::new(),
     };
     match kind {
         SystemKind::Switchyard => {
@@ -326,19 +364,33 @@ pub async fn start(
             } else {
                 ("raw-fanout", "rawtcp")
             };
-            let listen = free_addr()?;
-            let mut cmd = Command::new(opts.peers_bin_dir.join(bin));
-            cmd.args(["--listen", &listen.to_string()])
-                .args(["--brokers", &infra.broker.addr])
-                .args(["--topic", kafka_topic])
-                .args(["--group", &group]);
-            if opts.fetch_wait_ms > 0 {
-                cmd.args(["--fetch-wait-ms", &opts.fetch_wait_ms.to_string()]);
+            let procs = opts.peer_procs.max(1);
+            for i in 0..procs {
+                // Its own consumer group: every process gets every event.
+                let group = if procs == 1 {
+                    group.clone()
+                } else {
+                    format!("{group}-{i}")
+                };
+                let listen = free_addr()?;
+                let mut cmd = Command::new(opts.peers_bin_dir.join(bin));
+                cmd.args(["--listen", &listen.to_string()])
+                    .args(["--brokers", &infra.broker.addr])
+                    .args(["--topic", kafka_topic])
+                    .args(["--group", &group]);
+                if opts.fetch_wait_ms > 0 {
+                    cmd.args(["--fetch-wait-ms", &opts.fetch_wait_ms.to_string()]);
+                }
+                let pname = if procs == 1 {
+                    name.to_owned()
+                } else {
+                    format!("{name}-{i}")
+                };
+                let mut p = Proc::spawn(&pname, cmd, infra.dir)?;
+                wait_port_async(listen, Duration::from_secs(30), Some(&mut p)).await?;
+                running.procs.push(p);
+                running.endpoints.push(listen);
             }
-            let mut p = Proc::spawn(name, cmd, infra.dir)?;
-            wait_port_async(listen, Duration::from_secs(30), Some(&mut p)).await?;
-            running.procs.push(p);
-            running.endpoints.push(listen);
         }
     }
     Ok(running)

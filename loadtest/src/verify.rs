@@ -159,7 +159,7 @@ impl ConnState {
 }
 
 /// Totals over all connections, against what was produced.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tally {
     pub received: u64,
     /// Entitled events never received (gaps plus the missing tail).
@@ -199,6 +199,19 @@ impl Tally {
             t.conns_with_loss += u64::from(lost > 0);
         }
         t
+    }
+
+    /// Adds another process's tally (its connections are disjoint).
+    pub fn add(&mut self, o: &Tally) {
+        self.received += o.received;
+        self.lost += o.lost;
+        self.duplicated += o.duplicated;
+        self.unentitled += o.unentitled;
+        self.connect_failures += o.connect_failures;
+        self.disconnects += o.disconnects;
+        self.conns_with_loss += o.conns_with_loss;
+        self.redelivered += o.redelivered;
+        self.unrecovered += o.unrecovered;
     }
 
     /// The difference since an earlier tally (for one step of a sweep).

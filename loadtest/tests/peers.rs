@@ -97,3 +97,41 @@ async fn a_reconnect_storm_without_cursors_is_reported_as_loss() {
     assert!(r.lost >= 30 * 10, "lost {}", r.lost);
     assert!(!report.ok && report.problems.iter().any(|p| p.contains("naive")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_spread_over_worker_processes_counts_like_one() {
+    require_tansu();
+    // 40 connections, at most 15 per process: three fleet workers, and two
+    // raw fan-out processes (each its own consumer group) at 1 per 15,000
+    // would be one, so this checks the generator's spread only.
+    let a = args(&[
+        "fanout",
+        "--systems",
+        "rawtcp",
+        "--connections",
+        "40",
+        "--conns-per-process",
+        "15",
+        "--rates",
+        "20",
+        "--step-seconds",
+        "1",
+    ]);
+    let report = scenario::run(a, ScenarioKind::Fanout, "test".into())
+        .await
+        .expect("run");
+    assert!(report.ok, "problems: {:?}", report.problems);
+    let r = &report.results[0];
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert!(
+        r.notes.iter().any(|n| n.contains("3 worker processes")),
+        "{:?}",
+        r.notes
+    );
+    assert_eq!(r.connected, 40);
+    let st = &r.steps[0];
+    assert_eq!(st.expected_deliveries, st.events * 40);
+    assert_eq!(st.deliveries, st.expected_deliveries);
+    assert_eq!((st.lost, st.duplicated), (0, 0));
+    assert!(st.p50_ms.is_some_and(|p| p > 0.0));
+}

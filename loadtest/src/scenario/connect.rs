@@ -10,8 +10,9 @@ use super::ctx::{Ctx, JWT_SECRET};
 use super::scoped::entitlements;
 use super::secs;
 use crate::cli::RunArgs;
-use crate::client::{ClientSpec, Fleet, FleetOptions};
+use crate::client::{ClientSpec, FleetOptions};
 use crate::event::{product_code, FANOUT_TOPIC, SCOPED_TOPIC};
+use crate::fleet::Fleet;
 use crate::systems::{Running, SystemKind};
 use anyhow::bail;
 use std::net::Ipv4Addr;
@@ -98,11 +99,43 @@ pub(super) async fn connect_fleet(
     scoped: bool,
     notes: &mut Vec<String>,
 ) -> anyhow::Result<Fleet> {
+    notes.append(&mut sys.notes);
     let t = Instant::now();
-    let fleet = Fleet::spawn(clients(ctx, sys, n, scoped)?, fleet_options(&ctx.args));
+    let fleet = Fleet::spawn(
+        clients(ctx, sys, n, scoped)?,
+        fleet_options(&ctx.args),
+        ctx.args.conns_per_process,
+    )
+    .await?;
+    if fleet.processes() > 0 {
+        notes.push(format!(
+            "the generator ran its {n} connections in {} worker processes (at most {} each)",
+            fleet.processes(),
+            ctx.args.conns_per_process
+        ));
+    }
+    match connected(ctx, sys, &fleet, n, scoped, notes, t).await {
+        Ok(()) => Ok(fleet),
+        Err(e) => {
+            fleet.shutdown(Duration::from_secs(5)).await;
+            Err(e)
+        }
+    }
+}
+
+/// Waits for the fleet to come up, then for the probe barrier.
+async fn connected(
+    ctx: &Ctx,
+    sys: &mut Running,
+    fleet: &Fleet,
+    n: usize,
+    scoped: bool,
+    notes: &mut Vec<String>,
+    t: Instant,
+) -> anyhow::Result<()> {
     let live = fleet
         .wait_live(n, secs(ctx.args.connect_deadline_seconds))
-        .await;
+        .await?;
     eprintln!(
         "  {live}/{n} connections live after {:.1}s",
         t.elapsed().as_secs_f64()
@@ -112,16 +145,16 @@ pub(super) async fn connect_fleet(
         notes.push(format!(
             "only {live} of {n} connections came up within {}s; errors: {}",
             ctx.args.connect_deadline_seconds,
-            fleet.sample_errors(3).join(" | ")
+            fleet.sample_errors(3).await.join(" | ")
         ));
     }
     if live == 0 {
-        let errs = fleet.sample_errors(3).join(" | ");
-        fleet.shutdown(Duration::from_secs(5)).await;
-        bail!("no connection came up: {errs}");
+        bail!(
+            "no connection came up: {}",
+            fleet.sample_errors(3).await.join(" | ")
+        );
     }
-    probe_barrier(ctx, sys, &fleet, scoped, notes).await;
-    Ok(fleet)
+    probe_barrier(ctx, sys, fleet, scoped, notes).await
 }
 
 /// Sends probe events until every live connection has seen one.
@@ -131,7 +164,7 @@ async fn probe_barrier(
     fleet: &Fleet,
     scoped: bool,
     notes: &mut Vec<String>,
-) {
+) -> anyhow::Result<()> {
     let first = ctx.probe_seq.load(Relaxed);
     let deadline = Instant::now() + Duration::from_secs(60);
     let (client_topic, products) = if scoped {
@@ -144,17 +177,16 @@ async fn probe_barrier(
         ctx.producer
             .probe(&sys.kafka_topic, &ctx.run_id, client_topic, products, k);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let live = fleet.live();
-        let probed = fleet.probed(first);
+        let (probed, live) = fleet.probed(first).await?;
         if probed >= live && live > 0 {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            return;
+            return Ok(());
         }
         if Instant::now() > deadline {
             notes.push(format!(
                 "probe barrier: only {probed} of {live} live connections saw a probe within 60s"
             ));
-            return;
+            return Ok(());
         }
     }
 }

@@ -9,7 +9,7 @@
 use crate::cli::{RunArgs, ScenarioKind};
 use crate::infra::RedisNs;
 use crate::producer::{KafkaProducer, Plan, Progress};
-use crate::systems::{Infra, SystemKind, SystemOptions};
+use crate::systems::{self, Infra, Parts, Running, SystemKind, SystemOptions};
 use anyhow::Context as _;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -108,6 +108,7 @@ impl Ctx {
             socketio_dir: std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/socketio"),
             jwt_secret: JWT_SECRET.into(),
             nodes: args.nodes.max(1),
+            peer_procs: 1,
             fetch_wait_ms: args.fetch_wait_ms,
             switchyard_env: args.switchyard_env.clone(),
             server_log: args.server_log.clone(),
@@ -127,6 +128,31 @@ impl Ctx {
         })
     }
 
+    /// Starts `kind` with enough client-facing processes for `conns`
+    /// connections (see [`SystemOptions::sized_for`]); the returned system's
+    /// notes say how many when that is more than asked for.
+    pub(super) async fn start_system(
+        &self,
+        kind: SystemKind,
+        topic: &str,
+        conns: usize,
+        parts: Parts,
+    ) -> anyhow::Result<Running> {
+        let opts = self.sys_opts.sized_for(conns);
+        let mut sys = systems::start(kind, self.infra(), &opts, topic, parts).await?;
+        let (asked, got) = (
+            self.sys_opts.front_processes(kind),
+            opts.front_processes(kind),
+        );
+        if got > asked && parts == Parts::All {
+            sys.notes.push(format!(
+                "{got} client-facing server processes instead of {asked}: at most {} connections per process (open-files limit)",
+                systems::CONNS_PER_SERVER_PROCESS
+            ));
+        }
+        Ok(sys)
+    }
+
     pub(super) fn infra(&self) -> Infra<'_> {
         Infra {
             broker: &self.broker,
@@ -144,8 +170,20 @@ impl Ctx {
         kind: SystemKind,
         partitions: i32,
     ) -> anyhow::Result<String> {
+        self.topic_tagged(scenario, kind, "", partitions).await
+    }
+
+    /// [`Self::topic`] with a tag, for a scenario that starts a system
+    /// more than once (each start gets a fresh topic).
+    pub(super) async fn topic_tagged(
+        &self,
+        scenario: ScenarioKind,
+        kind: SystemKind,
+        tag: &str,
+        partitions: i32,
+    ) -> anyhow::Result<String> {
         let t = format!(
-            "sy_load_{}_{}_{}",
+            "sy_load_{}_{}_{}{tag}",
             self.run_id,
             scenario.name(),
             kind.name()

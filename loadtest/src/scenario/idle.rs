@@ -10,9 +10,10 @@ use super::ctx::Ctx;
 use super::meter::Meter;
 use super::{base, finish, secs};
 use crate::cli::ScenarioKind;
+use crate::fleet::{Fleet, Query};
 use crate::procstat;
 use crate::report::SystemResult;
-use crate::systems::{self, Parts, Running, SystemKind};
+use crate::systems::{Parts, Running, SystemKind};
 use crate::verify::Tally;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ pub(super) async fn run(ctx: &Ctx, kind: SystemKind) -> anyhow::Result<SystemRes
     let scenario = ScenarioKind::Idle;
     let n = a.connections_for(scenario);
     let topic = ctx.topic(scenario, kind, a.partitions).await?;
-    let mut sys = systems::start(kind, ctx.infra(), &ctx.sys_opts, &topic, Parts::All).await?;
+    let mut sys = ctx.start_system(kind, &topic, n, Parts::All).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = |sys: &Running| -> u64 {
         sys.pids()
@@ -44,14 +45,20 @@ pub(super) async fn run(ctx: &Ctx, kind: SystemKind) -> anyhow::Result<SystemRes
     tokio::time::sleep(Duration::from_secs(1)).await;
     let meter = Meter::begin(ctx, &sys).await;
     tokio::time::sleep(secs(a.idle_settle_seconds)).await;
-    let live = fleet.live();
     let after = rss(&sys);
     let usage = meter.end(ctx, &sys).await;
+    let (live, tally) = match idle_counts(&fleet).await {
+        Ok(x) => x,
+        Err(e) => {
+            fleet.shutdown(Duration::from_secs(10)).await;
+            sys.stop();
+            return Err(e);
+        }
+    };
     r.connected = live;
     r.rss_before_bytes = Some(before);
     r.rss_per_conn_bytes = Some(after.saturating_sub(before) as f64 / live.max(1) as f64);
     r.duration_s = a.idle_settle_seconds;
-    let tally = Tally::collect(&fleet.conns, &[0]);
     r.connect_failures = tally.connect_failures;
     r.disconnects = tally.disconnects;
     usage.apply(&mut r);
@@ -61,4 +68,15 @@ pub(super) async fn run(ctx: &Ctx, kind: SystemKind) -> anyhow::Result<SystemRes
     ));
     finish(fleet, &mut sys, &mut r).await;
     Ok(r)
+}
+
+/// Live connections and the tally after the idle window.
+async fn idle_counts(fleet: &Fleet) -> anyhow::Result<(usize, Tally)> {
+    let s = fleet
+        .query(&Query {
+            produced: Some(vec![0]),
+            ..Query::default()
+        })
+        .await?;
+    Ok((s.live, s.tally.unwrap_or_default()))
 }

@@ -9,6 +9,7 @@
 //! | `reconnect` | every client drops at once, stays away, comes back at once (with its cursor where the system has one) |
 //! | `ingest` | a backlog in Kafka drained by the bridge into PostgreSQL |
 //! | `idle` | server RSS before and after connecting |
+//! | `growth` | latency and server CPU per delivery against connection count, Switchyard vs raw TCP |
 //! | `soak` | the chaos soak: private servers, faults, attackers, the exact check (its own subcommand) |
 //! | `sweep` | the sweep of offered rates, one step each, until a step hits a limit |
 //! | `connect` | client specs, connecting the fleet, the probe barrier |
@@ -26,6 +27,7 @@
 mod connect;
 mod ctx;
 mod fanout;
+mod growth;
 mod idle;
 mod ingest;
 mod meter;
@@ -38,7 +40,7 @@ pub use ctx::{Ctx, JWT_SECRET};
 pub use scoped::entitlements;
 
 use crate::cli::{RunArgs, ScenarioKind};
-use crate::client::Fleet;
+use crate::fleet::Fleet;
 use crate::latency::Sample;
 use crate::report::{now_rfc3339, Machine, RunReport, SystemResult};
 use crate::systems::{self, Running, SystemKind};
@@ -52,7 +54,7 @@ pub async fn run(
     scenario: ScenarioKind,
     command: String,
 ) -> anyhow::Result<RunReport> {
-    let (systems, explicit) = args.systems_to_run();
+    let (systems, explicit) = args.systems_to_run(scenario);
     let mut report = RunReport {
         scenario: scenario.name().into(),
         generated_at: now_rfc3339(),
@@ -115,6 +117,7 @@ pub async fn run(
             ScenarioKind::Reconnect => reconnect::run(&ctx, kind).await,
             ScenarioKind::Idle => idle::run(&ctx, kind).await,
             ScenarioKind::Ingest => ingest::run(&ctx, kind).await,
+            ScenarioKind::Growth => growth::run(&ctx, kind).await,
             ScenarioKind::All => bail!("`all` is expanded by the caller"),
         };
         match res {
@@ -137,6 +140,16 @@ pub async fn run(
             &r.steps[..]
         };
         for st in steps {
+            if scenario == ScenarioKind::Growth {
+                if let Some(e) = &st.error {
+                    bad.push(format!(
+                        "{} at {} connections: failed: {}",
+                        r.system,
+                        st.connections,
+                        e.lines().next().unwrap_or("")
+                    ));
+                }
+            }
             if st.lost > 0 || st.duplicated > 0 || st.unentitled > 0 {
                 bad.push(format!(
                     "{}{}: lost {}, duplicated {}, out of scope {}",

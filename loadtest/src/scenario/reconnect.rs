@@ -13,10 +13,10 @@ use super::{base, finish, record, secs};
 use crate::cli::ScenarioKind;
 use crate::client::Mode;
 use crate::event::FANOUT_TOPIC;
+use crate::fleet::Fleet;
 use crate::producer::{KeyBy, Plan, Progress, Streams};
 use crate::report::SystemResult;
-use crate::systems::{self, Parts, SystemKind};
-use crate::verify::Tally;
+use crate::systems::{Parts, Running, SystemKind};
 use anyhow::Context as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ pub(super) async fn run(ctx: &Ctx, kind: SystemKind) -> anyhow::Result<SystemRes
     let scenario = ScenarioKind::Reconnect;
     let n = a.connections_for(scenario);
     let topic = ctx.topic(scenario, kind, a.partitions).await?;
-    let mut sys = systems::start(kind, ctx.infra(), &ctx.sys_opts, &topic, Parts::All).await?;
+    let mut sys = ctx.start_system(kind, &topic, n, Parts::All).await?;
     let mut r = base(ctx, scenario, kind.name());
     let fleet = match connect_fleet(ctx, &mut sys, n, false, &mut r.notes).await {
         Ok(f) => f,
@@ -37,14 +37,29 @@ pub(super) async fn run(ctx: &Ctx, kind: SystemKind) -> anyhow::Result<SystemRes
             return Err(e);
         }
     };
-    let live = fleet.live();
+    let res = storm(ctx, kind, &sys, &fleet, &topic, &mut r).await;
+    finish(fleet, &mut sys, &mut r).await;
+    res.map(|()| r)
+}
+
+/// Drops every connection, brings them back, and measures into `r`.
+async fn storm(
+    ctx: &Ctx,
+    kind: SystemKind,
+    sys: &Running,
+    fleet: &Fleet,
+    topic: &str,
+    r: &mut SystemResult,
+) -> anyhow::Result<()> {
+    let a = &ctx.args;
+    let live = fleet.live().await?;
     r.connected = live;
     r.offered_rate = a.storm_rate;
-    fleet.shared.recorder.take();
-    let meter = Meter::begin(ctx, &sys).await;
+    fleet.take_sample().await?;
+    let meter = Meter::begin(ctx, sys).await;
     let total_s = a.storm_warm_seconds + a.storm_offline_seconds + a.storm_after_seconds;
     let plan = Plan {
-        kafka_topic: topic.clone(),
+        kafka_topic: topic.to_owned(),
         run: format!("{}-{}", ctx.run_id, kind.name()),
         client_topic: FANOUT_TOPIC,
         streams: Streams::Fanout,
@@ -68,36 +83,28 @@ pub(super) async fn run(ctx: &Ctx, kind: SystemKind) -> anyhow::Result<SystemRes
     };
     tokio::time::sleep(secs(a.storm_warm_seconds)).await;
     eprintln!("  dropping {live} connections at once");
-    fleet.set_mode(Mode::Offline);
+    fleet.set_mode(Mode::Offline).await?;
     tokio::time::sleep(secs(a.storm_offline_seconds)).await;
     let sent = progress.sent.load(Relaxed);
     // Caught up = has the last event produced before the reconnect.
     let target = sent.saturating_sub(1);
-    fleet.shared.catch_up_target.store(target, Relaxed);
-    for c in &fleet.conns {
-        c.caught_up_at_us.store(0, Relaxed);
-    }
-    fleet.widen_gate(n);
+    fleet.arm_catch_up(target).await?;
+    fleet.widen_gate_to_all().await?;
     let t_reconnect = crate::now_us();
     eprintln!("  reconnecting all at once (catch-up target: event {target})");
-    fleet.set_mode(Mode::Run);
+    fleet.set_mode(Mode::Run).await?;
     let deadline = Instant::now() + secs(a.storm_timeout_seconds);
-    let was_live: Vec<bool> = fleet
-        .conns
-        .iter()
-        .map(|c| c.connected_at_us.load(Relaxed) > 0)
-        .collect();
+    // Polling a spread fleet costs its workers a scan each time: less often.
+    let poll = if fleet.processes() > 0 {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_millis(20)
+    };
     loop {
-        let caught = fleet
-            .conns
-            .iter()
-            .zip(&was_live)
-            .filter(|(c, w)| **w && c.caught_up_at_us.load(Relaxed) > 0)
-            .count();
-        if caught >= live || Instant::now() > deadline {
+        if fleet.caught_up().await? >= live || Instant::now() > deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(poll).await;
     }
     let (produced, next_n) = producing.await.context("producer thread")?;
     let produced_total = next_n[0];
@@ -106,11 +113,7 @@ pub(super) async fn run(ctx: &Ctx, kind: SystemKind) -> anyhow::Result<SystemRes
     let mut last = u64::MAX;
     let mut last_change = Instant::now();
     loop {
-        let behind: u64 = fleet
-            .conns
-            .iter()
-            .map(|c| produced_total.saturating_sub(c.next_of(0)))
-            .sum();
+        let (_, behind) = fleet.tally(&[produced_total]).await?;
         if behind == 0 || last_change.elapsed() > idle_limit {
             break;
         }
@@ -118,28 +121,26 @@ pub(super) async fn run(ctx: &Ctx, kind: SystemKind) -> anyhow::Result<SystemRes
             last = behind;
             last_change = Instant::now();
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(poll.max(Duration::from_millis(50))).await;
     }
-    let sample = fleet.shared.recorder.take();
-    let tally = Tally::collect(&fleet.conns, &next_n);
-    let usage = meter.end(ctx, &sys).await;
+    let sample = fleet.take_sample().await?;
+    let (tally, _) = fleet.tally(&next_n).await?;
+    let times = fleet.conn_times().await?;
+    let usage = meter.end(ctx, sys).await;
     let mut catch = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
     let mut caught = 0;
     let mut worst = 0u64;
     let mut reconnected_worst = 0u64;
     let mut reconnected = 0;
-    for (c, w) in fleet.conns.iter().zip(&was_live) {
-        if !*w {
-            continue;
-        }
-        let at = c.caught_up_at_us.load(Relaxed);
+    for c in times.iter().filter(|c| c.armed) {
+        let at = c.caught_up_at_us;
         if at > 0 {
             caught += 1;
             let d = at.saturating_sub(t_reconnect).max(1);
             worst = worst.max(d);
             catch.saturating_record(d);
         }
-        let con = c.connected_at_us.load(Relaxed);
+        let con = c.connected_at_us;
         if con >= t_reconnect {
             reconnected += 1;
             reconnected_worst = reconnected_worst.max(con - t_reconnect);
@@ -168,8 +169,8 @@ pub(super) async fn run(ctx: &Ctx, kind: SystemKind) -> anyhow::Result<SystemRes
     r.expected_deliveries = produced_total * live as u64;
     r.duration_s = t_start.elapsed().as_secs_f64();
     r.deliveries_per_s = sample.deliveries as f64 / r.duration_s.max(1e-6);
-    record(&mut r, &sample, &tally);
-    usage.apply(&mut r);
+    record(r, &sample, &tally);
+    usage.apply(r);
     if tally.lost > 0 && kind != SystemKind::Switchyard {
         r.notes.push(
             "no cursor to resume from: events sent while a client was away are lost by design"
@@ -180,9 +181,8 @@ pub(super) async fn run(ctx: &Ctx, kind: SystemKind) -> anyhow::Result<SystemRes
         r.notes.push(format!(
             "{} failed connection attempts (retried): {}",
             tally.connect_failures,
-            fleet.sample_errors(2).join(" | ")
+            fleet.sample_errors(2).await.join(" | ")
         ));
     }
-    finish(fleet, &mut sys, &mut r).await;
-    Ok(r)
+    Ok(())
 }

@@ -12,7 +12,7 @@
 //! gateways), never the machine's shared PostgreSQL or Redis; one fault at
 //! a time, each followed by its recovery measurement before the next.
 
-use crate::client::Fleet;
+use crate::client::LocalFleet as Fleet;
 use anyhow::Context as _;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;

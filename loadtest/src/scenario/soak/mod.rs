@@ -25,7 +25,7 @@ pub mod hostile;
 pub mod report;
 
 use crate::cli::SoakArgs;
-use crate::client::{ClientSpec, Fleet, FleetOptions, Protocol};
+use crate::client::{ClientSpec, FleetOptions, LocalFleet as Fleet, Protocol};
 use crate::event::{product_code, SCOPED_TOPIC};
 use crate::report::{now_rfc3339, Machine};
 use crate::verify::Tally;
