@@ -65,6 +65,39 @@ pub fn sample_self() -> ProcSample {
     sample(std::process::id()).unwrap_or_default()
 }
 
+/// This process and its child processes running the same binary (the
+/// fleet workers): the generator's pids, for its CPU.
+pub fn generator_pids() -> Vec<u32> {
+    let me = std::process::id();
+    let mut out = vec![me];
+    let Ok(exe) = std::env::current_exe() else {
+        return out;
+    };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Field 4 (ppid) follows the command name, which may contain spaces.
+        let ppid = stat
+            .rfind(')')
+            .and_then(|i| stat.get(i + 2..))
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(me)
+            && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// Jiffies (busy, total) over all CPUs from `/proc/stat`.
 pub fn machine_jiffies() -> (u64, u64) {
     let Ok(s) = std::fs::read_to_string("/proc/stat") else {

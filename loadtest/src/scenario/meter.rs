@@ -19,7 +19,8 @@ pub(super) struct Meter {
     t0: Instant,
     pub(super) server: HashMap<u32, ProcSample>,
     infra: HashMap<u32, ProcSample>,
-    me: ProcSample,
+    /// The generator: this process and its fleet workers.
+    me: HashMap<u32, ProcSample>,
     jiffies: (u64, u64),
     peak: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -77,7 +78,7 @@ impl Meter {
             t0: Instant::now(),
             server,
             infra,
-            me: procstat::sample_self(),
+            me: generator(),
             jiffies: procstat::machine_jiffies(),
             peak,
             stop,
@@ -124,10 +125,24 @@ impl Meter {
             server_rss_peak: self.peak.load(Relaxed).max(server_rss),
             processes,
             infra,
-            generator_cpu_s: (procstat::sample_self().cpu_s - self.me.cpu_s).max(0.0),
+            generator_cpu_s: generator()
+                .iter()
+                .map(|(pid, now)| {
+                    let before = self.me.get(pid).map_or(0.0, |b| b.cpu_s);
+                    (now.cpu_s - before).max(0.0)
+                })
+                .sum(),
             busy_pct: procstat::busy_pct(self.jiffies, procstat::machine_jiffies()),
         }
     }
+}
+
+/// The generator's processes now.
+fn generator() -> HashMap<u32, ProcSample> {
+    procstat::generator_pids()
+        .into_iter()
+        .filter_map(|pid| Some((pid, procstat::sample(pid)?)))
+        .collect()
 }
 
 /// Rounds to 3 decimals (CPU seconds from clock ticks, percentages).
