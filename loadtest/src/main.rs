@@ -17,7 +17,7 @@ fn main() {
         .enable_all()
         .build()
     {
-        Ok(rt) => match rt.block_on(run(cli)) {
+        Ok(rt) => match rt.block_on(interruptible(run(cli))) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -30,6 +30,20 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Runs `work` until it ends or SIGINT/SIGTERM arrives; on a signal the
+/// work is dropped, and with it every server and fleet worker it started
+/// (their handles kill them), instead of leaving them running.
+async fn interruptible(
+    work: impl std::future::Future<Output = anyhow::Result<i32>>,
+) -> anyhow::Result<i32> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+        _ = term.recv() => anyhow::bail!("terminated"),
+    }
 }
 
 fn raise_nofile() -> u64 {

@@ -7,8 +7,10 @@
 //! latency is Switchyard's minus raw TCP's at the same count in the same
 //! run.
 //!
-//! Invariant: each count is measured on a fresh system and a fresh topic,
-//! so no count inherits another's connections, backlog or consumer lag;
+//! Invariant: each count is measured on a fresh system, a fresh topic and
+//! fresh event ids (the cursor log is the run's, and the bridge drops ids
+//! it already stored), so no count inherits another's connections, events,
+//! backlog or consumer lag;
 //! CPU per delivery is the system's processes' CPU over the step divided
 //! by the deliveries counted in it.
 
@@ -82,10 +84,12 @@ async fn one(ctx: &Ctx, kind: SystemKind, n: usize) -> anyhow::Result<SystemResu
             return Err(e);
         }
     };
+    let phase = format!("{}-{n}", kind.name());
     let spec = Step {
         scenario,
         kind,
         topic: &topic,
+        phase: &phase,
         scoped: false,
         rate: a.growth_rate,
     };

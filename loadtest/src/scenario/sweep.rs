@@ -82,6 +82,7 @@ pub(super) async fn sweep(
             scenario,
             kind,
             topic: &topic,
+            phase: kind.name(),
             scoped,
             rate,
         };
@@ -131,6 +132,10 @@ pub(super) struct Step<'a> {
     pub(super) scenario: ScenarioKind,
     pub(super) kind: SystemKind,
     pub(super) topic: &'a str,
+    /// Makes event ids unique in the run's cursor log: a system phase
+    /// that starts its sequence numbers at 0 again needs its own (the
+    /// bridge drops an id it already stored).
+    pub(super) phase: &'a str,
     pub(super) scoped: bool,
     pub(super) rate: f64,
 }
@@ -163,7 +168,7 @@ pub(super) async fn step(
     let t0 = crate::now_us();
     let plan = Plan {
         kafka_topic: spec.topic.to_owned(),
-        run: format!("{}-{}", ctx.run_id, kind.name()),
+        run: format!("{}-{}", ctx.run_id, spec.phase),
         client_topic: if scoped { SCOPED_TOPIC } else { FANOUT_TOPIC },
         streams: if scoped {
             Streams::Scoped {
