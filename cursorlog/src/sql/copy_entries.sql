@@ -1,0 +1,1 @@
+COPY entries (channel_id, seq, event_pk, appended_at) FROM STDIN (FORMAT binary)
