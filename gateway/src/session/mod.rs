@@ -159,7 +159,8 @@ pub(crate) async fn run<S>(
             user: &session.identity.user,
         },
     );
-    let _ = tx.send(Outbound::Frame(welcome)).await;
+    // Boxed: a send that waits for room is never needed again.
+    let _ = Box::pin(tx.send(Outbound::Frame(welcome))).await;
 
     // The reader gets its own task: `read_frame` is not cancel-safe, so it
     // is never raced against anything it must survive; the session loop
@@ -192,8 +193,7 @@ pub(crate) async fn run<S>(
                 // small.
                 Some(Inbound::Data(data)) => Box::pin(session.handle(&data)).await,
                 Some(Inbound::TooLarge) => {
-                    session.error(None, ErrorCode::TooLarge, "message exceeds the size limit").await;
-                    let _ = tx.send(Outbound::Close(1009, "message too large")).await;
+                    Box::pin(session.too_large()).await;
                     break;
                 }
                 None => break,
@@ -211,13 +211,24 @@ pub(crate) async fn run<S>(
         }
         place.set_subscriptions(session.subs.len());
     }
-    // Let the writer flush what is queued (an error, a close reply) before
-    // the socket goes; then stop it if the peer is gone.
+    // Boxed: the teardown's futures would otherwise sit in every idle
+    // connection's session task.
+    Box::pin(finish(session, tx, writer, reader_task, connection)).await;
+}
+
+/// Ends a connection: lets the writer flush what is queued (an error, a
+/// close reply) before the socket goes, then stops it if the peer is gone.
+async fn finish(
+    mut session: Session,
+    tx: OutboundTx,
+    mut writer: tokio::task::JoinHandle<()>,
+    reader_task: tokio::task::JoinHandle<()>,
+    connection: CancellationToken,
+) {
     let _ = tx.try_send(Outbound::Close(1000, "closing"));
     session.close_all().await;
     drop(session);
     drop(tx);
-    let mut writer = writer;
     if tokio::time::timeout(Duration::from_secs(2), &mut writer)
         .await
         .is_err()
@@ -516,6 +527,16 @@ impl Session {
         if self.reresolve_at.is_none() {
             self.reresolve_at = Some(tokio::time::Instant::now() + RERESOLVE_RETRY);
         }
+    }
+
+    /// Answers a message over the size limit, and closes with 1009.
+    async fn too_large(&self) {
+        self.error(None, ErrorCode::TooLarge, "message exceeds the size limit")
+            .await;
+        let _ = self
+            .tx
+            .send(Outbound::Close(1009, "message too large"))
+            .await;
     }
 
     async fn close_all(&mut self) {

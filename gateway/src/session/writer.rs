@@ -207,13 +207,14 @@ where
             }
         }
         buf.clear();
-        let mut released = 0u32;
+        let (mut released_frames, mut released) = (0usize, 0u32);
         for (item, from_queue) in batch
             .drain(..)
             .map(|o| (o, true))
             .chain(own.drain(..).map(|o| (o, false)))
         {
             if from_queue {
+                released_frames += 1;
                 released = released.saturating_add(queue.cost(&item));
             }
             if closing {
@@ -259,7 +260,7 @@ where
                 }
             }
         }
-        queue.release(released);
+        queue.release(released_frames, released);
         if queue.is_empty() {
             buf = Vec::new();
             batch = Vec::new();
