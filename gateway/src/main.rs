@@ -21,6 +21,13 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let _telemetry = switchyard_ops::telemetry::init_tracing("switchyard-gateway");
+    // jemalloc returns freed pages to the system only while the arena that
+    // freed them keeps allocating, unless background threads purge them:
+    // without, a node that went idle after a connection storm (handshakes,
+    // catch-ups) kept that peak resident for good.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(error = %e, "cannot start jemalloc's background purging; memory freed after a burst may stay resident");
+    }
     let cfg = match switchyard_ops::config::Source::from_env()
         .and_then(|s| GatewayConfig::from_source(&s))
     {
