@@ -2,6 +2,10 @@
 //! offered rate, each measuring latency, deliveries and resource use, until
 //! a step hits a limit (p99, loss, or deliveries falling short).
 //!
+//! Switchyard steps also carry the per-stage breakdown of where the time
+//! went ([`crate::stages`]), from the servers' histograms scraped right
+//! before and right after the step.
+//!
 //! Invariant: a step's expected deliveries are the events produced per
 //! stream times that stream's live subscribers when the step began, so
 //! loss is judged against what each connection was entitled to receive.
@@ -15,6 +19,7 @@ use crate::client::Fleet;
 use crate::event::{FANOUT_TOPIC, SCOPED_TOPIC};
 use crate::producer::{KeyBy, Plan, Progress, Streams};
 use crate::report::SystemResult;
+use crate::stages;
 use crate::systems::{self, Parts, SystemKind};
 use crate::verify::Tally;
 use std::sync::atomic::Ordering::Relaxed;
@@ -89,6 +94,10 @@ pub(super) async fn sweep(
         let live = fleet.live();
         let before = Tally::collect(&fleet.conns, &next_n);
         let failed_before = ctx.producer.deliveries.failed.load(Relaxed);
+        let stages_before = match kind {
+            SystemKind::Switchyard => Some(stages::scrape(&sys.pids()).await),
+            _ => None,
+        };
         fleet.shared.recorder.take();
         let meter = Meter::begin(ctx, &sys).await;
         let t0 = crate::now_us();
@@ -124,6 +133,10 @@ pub(super) async fn sweep(
             .map(|((a, b), s)| (a - b) * s)
             .sum();
         drain(ctx, &fleet, expected, 0).await;
+        let stages_after = match stages_before {
+            Some(_) => Some(stages::scrape(&sys.pids()).await),
+            None => None,
+        };
         let sample = fleet.shared.recorder.take();
         let tally = Tally::collect(&fleet.conns, &next_n).since(&before);
         let usage = meter.end(ctx, &sys).await;
@@ -138,6 +151,15 @@ pub(super) async fn sweep(
         st.deliveries_per_s = sample.deliveries as f64 * 1e6 / span_us as f64;
         st.duration_s = span_us as f64 / 1e6;
         record(&mut st, &sample, &tally);
+        if let (Some(b), Some(a)) = (&stages_before, &stages_after) {
+            match stages::breakdown(b, a, st.mean_ms) {
+                Ok(bd) => {
+                    eprintln!("{}", stages::one_line(&bd));
+                    st.stages = Some(bd);
+                }
+                Err(why) => st.notes.push(why),
+            }
+        }
         usage.apply(&mut st);
         let failed = ctx.producer.deliveries.failed.load(Relaxed) - failed_before;
         if failed > 0 {
