@@ -193,7 +193,11 @@ impl Hist {
     }
 
     fn mean(&self) -> Option<f64> {
-        (self.count > 0.0).then(|| self.sum / self.count)
+        if self.count > 0.0 {
+            Some(self.sum / self.count)
+        } else {
+            None
+        }
     }
 
     /// Quantile `q` interpolated linearly inside its bucket (the first
