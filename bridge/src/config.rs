@@ -33,6 +33,8 @@ pub struct BridgeConfig {
     pub kafka_options: Vec<(String, String)>,
     pub admin_listen: SocketAddr,
     pub batch_max: usize,
+    /// How long the reader waits to fill a batch, only while an earlier
+    /// batch is still being written (`SWITCHYARD_BATCH_LINGER_MS`).
     pub batch_linger: Duration,
     /// Transactions one batch is appended in at once
     /// (`SWITCHYARD_APPEND_WRITERS`): the batch is split into groups with

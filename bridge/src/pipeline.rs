@@ -20,6 +20,7 @@ use crate::envelope::{self, DomainEvent, Rejection};
 use crate::metrics as m;
 use crate::pause::{Carry, PauseControl, Stage};
 use crate::statistics::ConsumerHealth;
+use futures::FutureExt as _;
 use opentelemetry::trace::{Span as _, SpanContext, SpanKind, TraceContextExt as _, Tracer as _};
 use opentelemetry::KeyValue;
 use rdkafka::consumer::{
@@ -31,6 +32,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard_channels::{ResolvedChannel, TopologyHandle};
@@ -181,10 +183,13 @@ impl Pipeline {
     /// offset and publish order are those of a single loop.
     pub async fn run(self, cancel: CancellationToken) {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(2);
+        // Batches handed to the writer and not yet committed (or given up):
+        // while there are any, the reader lingers to fill the next one.
+        let unfinished = AtomicUsize::new(0);
         let reader = async {
             let mut carry = Carry::new(self.cfg.batch_max, CARRY_MAX_BYTES);
             loop {
-                let batch = self.gather(&mut carry, &cancel).await;
+                let batch = self.gather(&mut carry, &unfinished, &cancel).await;
                 if batch.is_empty() {
                     if cancel.is_cancelled() {
                         break;
@@ -210,7 +215,10 @@ impl Pipeline {
                     }
                 };
                 match permit {
-                    Some(p) => p.send(prepared),
+                    Some(p) => {
+                        unfinished.fetch_add(1, Ordering::AcqRel);
+                        p.send(prepared);
+                    }
                     None => break,
                 }
             }
@@ -253,6 +261,7 @@ impl Pipeline {
                         }
                     }
                 };
+                unfinished.fetch_sub(1, Ordering::AcqRel);
                 let Some(live) = live else {
                     tracing::info!(
                         records,
@@ -290,7 +299,19 @@ impl Pipeline {
         }
     }
 
-    async fn gather(&self, carry: &mut Carry, cancel: &CancellationToken) -> Vec<OwnedMessage> {
+    /// Gathers the next batch: waits for a first record, takes whatever
+    /// else is already fetched, and lingers up to `batch_linger` for more
+    /// only while an earlier batch is still `unfinished` in the writer. A
+    /// batch that would wait for the writer anyway loses nothing by
+    /// filling meanwhile; one the idle writer could take at once would only
+    /// be delayed, which on a quiet stream added the whole linger to every
+    /// event.
+    async fn gather(
+        &self,
+        carry: &mut Carry,
+        unfinished: &AtomicUsize,
+        cancel: &CancellationToken,
+    ) -> Vec<OwnedMessage> {
         let max = self.cfg.batch_max;
         let mut batch = carry.take(max);
         if !carry.is_full() {
@@ -311,6 +332,19 @@ impl Pipeline {
                     }
                 },
             }
+        }
+        while batch.len() < max {
+            match self.consumer.recv().now_or_never() {
+                Some(Ok(msg)) => batch.push(msg.detach()),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consume error");
+                    return batch;
+                }
+                None => break,
+            }
+        }
+        if batch.len() >= max || unfinished.load(Ordering::Acquire) == 0 {
+            return batch;
         }
         let deadline = tokio::time::Instant::now() + self.cfg.batch_linger;
         while batch.len() < max {

@@ -18,6 +18,7 @@
 //! | [`infra`] | the run's Redis prefix and name suffix (broker, database and processes are `switchyard_testkit`'s) |
 //! | [`systems`] | how each system under test is started: Switchyard, Socket.IO, naive, raw TCP |
 //! | [`scenario`] | fan-out, scoped, reconnect storm, ingest, idle: one module each, and the run that drives them |
+//! | [`stages`] | Switchyard's per-stage latency breakdown of a sweep step, from the servers' `/metrics` |
 //! | [`report`] | JSON, Markdown, README figures; [`plot`] draws the SVG |
 //! | [`quick`] | the quick regression set and its comparison with a stored baseline |
 //! | [`preflight`] | file limits, sysctls and tools a large run needs |
@@ -45,6 +46,7 @@ pub mod quick;
 pub mod rawfanout;
 pub mod report;
 pub mod scenario;
+pub mod stages;
 pub mod systems;
 pub mod verify;
 pub mod worker;

@@ -3,7 +3,9 @@
 //! ingest of a 150,000-event backlog, memory of 2,000 idle connections, a
 //! 2,000-client reconnect storm — printed as one table and compared with a
 //! stored baseline (`results/quick-baseline.json`), each figure flagged
-//! "WORSE" when it moved the wrong way by more than its tolerance.
+//! "WORSE" when it moved the wrong way by more than its tolerance. The
+//! fan-out at 5 events/s also reports the mean of each Switchyard stage
+//! (see [`crate::stages`]).
 //!
 //! Invariant: the set and its parameters are fixed here (not on the command
 //! line), so a figure is only ever compared with the same measurement; a
@@ -24,6 +26,8 @@ pub const SET_VERSION: u32 = 1;
 const FANOUT_RATES: [f64; 2] = [5.0, 50.0];
 /// Connections of the fan-out, idle and reconnect measurements.
 const CONNECTIONS: usize = 2000;
+/// The fan-out rate whose per-stage means are figures of the set.
+const STAGES_AT: u32 = 5;
 /// Backlog the bridge drains in the ingest measurement.
 const INGEST_EVENTS: u64 = 150_000;
 
@@ -166,6 +170,28 @@ fn fig(name: &str, unit: &str, value: f64, better: Better, tol: f64, slack: f64)
     }
 }
 
+/// The stage means of a fan-out step ([`crate::stages`]). A stage moves a
+/// few milliseconds with the machine's load, so only a change past 50 %
+/// and 5 ms is flagged; a baseline without them shows "no baseline".
+fn stage_figures(rate: u32, st: &SystemResult) -> Vec<Figure> {
+    let Some(b) = &st.stages else {
+        return Vec::new();
+    };
+    b.stages
+        .iter()
+        .map(|s| {
+            fig(
+                &format!("fan-out {rate}/s stage {} mean", s.stage),
+                "ms",
+                s.mean_ms,
+                Better::Lower,
+                50.0,
+                5.0,
+            )
+        })
+        .collect()
+}
+
 fn load_avg() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -234,6 +260,9 @@ pub async fn measure(q: &QuickArgs) -> anyhow::Result<QuickRun> {
             25.0,
             0.5,
         ));
+        if rate == STAGES_AT {
+            figures.extend(stage_figures(rate, st));
+        }
     }
 
     eprintln!("\n== quick: ingest, {ingest_events}-event backlog");

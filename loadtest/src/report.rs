@@ -98,6 +98,9 @@ pub struct SystemResult {
     /// Busy share of all cores of the machine during the measurement.
     pub machine_busy_pct: f64,
     pub notes: Vec<String>,
+    /// Sweep step of Switchyard: where the time went, stage by stage.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub stages: Option<crate::stages::Breakdown>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub error: Option<String>,
     pub measured_at: String,
@@ -365,6 +368,44 @@ fn growth_rows(s: &mut String, r: &RunReport) {
     }
 }
 
+/// "Where the time goes": one stage table per Switchyard step that has a
+/// breakdown, with how the percentiles and the client stage were obtained.
+fn stage_section(r: &RunReport) -> String {
+    let mut s = String::new();
+    let with: Vec<(&SystemResult, &SystemResult)> = r
+        .results
+        .iter()
+        .flat_map(|x| x.steps.iter().map(move |st| (x, st)))
+        .filter(|(_, st)| st.stages.is_some())
+        .collect();
+    if with.is_empty() {
+        return s;
+    }
+    s.push_str("\n## Where the time goes\n\n");
+    s.push_str("Per stage, from the servers' own histograms (`switchyard_bridge_stage_seconds`, `switchyard_gateway_stage_seconds`, summed over the nodes) scraped right before and right after each step. Means are exact (sum / count); p50 and p99 are **interpolated inside histogram buckets**, and the servers stamp stages in whole milliseconds, so a sub-millisecond stage reads 0–1 ms. Bridge stages count events, gateway stages deliveries. `publish` ends when Redis acknowledges the publish while `feed` starts when it is sent, so the two overlap by up to the Redis round trip, and `(producer)` — the delivery lag the five server stages leave unexplained — can come out negative.\n");
+    let mut how: Vec<&str> = Vec::new();
+    for (x, st) in with {
+        let Some(b) = &st.stages else { continue };
+        let _ = writeln!(
+            s,
+            "\n### {} at {} events/s (end to end: mean {}, p50 {}, p99 {} ms)\n",
+            x.system,
+            st.offered_rate,
+            opt(st.mean_ms, 1),
+            opt(st.p50_ms, 1),
+            opt(st.p99_ms, 1)
+        );
+        s.push_str(&crate::stages::table(b));
+        if !b.client_stage.is_empty() && !how.contains(&b.client_stage.as_str()) {
+            how.push(&b.client_stage);
+        }
+    }
+    for h in how {
+        let _ = writeln!(s, "\n`client`: {h}.");
+    }
+    s
+}
+
 /// The full Markdown page of a report.
 pub fn markdown(r: &RunReport) -> String {
     let mut s = String::new();
@@ -419,6 +460,7 @@ pub fn markdown(r: &RunReport) -> String {
                 );
             }
         }
+        s.push_str(&stage_section(r));
     } else {
         let _ = writeln!(s, "\n![{}]({}.svg)\n", r.scenario, r.scenario);
     }

@@ -168,29 +168,49 @@ fn trace_ids() -> Option<(String, String)> {
         .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
 }
 
+/// The per-stage latency histograms of the bridge and the gateway: their
+/// stages take single milliseconds, so they get [`STAGE_BUCKETS`] instead
+/// of the other `_seconds` histograms' buckets (0.5, 1, 2.5, 5, 10, 25 ms
+/// …), which are too coarse to tell 2 ms from 4 ms.
+pub const STAGE_HISTOGRAMS: [&str; 2] = [
+    "switchyard_bridge_stage_seconds",
+    "switchyard_gateway_stage_seconds",
+];
+
+/// Bucket bounds of [`STAGE_HISTOGRAMS`]: every millisecond up to 6 ms,
+/// then steps of about a third; a superset of the default bounds, so
+/// queries written against those (alerts) read the same.
+pub const STAGE_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.0025, 0.003, 0.004, 0.005, 0.006, 0.0075, 0.01, 0.0125, 0.015, 0.02,
+    0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// The recorder's builder with every histogram's buckets.
+fn builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
+    let buckets = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
+    let mut b = PrometheusBuilder::new();
+    // `Full` matchers are consulted before `Suffix` ones.
+    for name in STAGE_HISTOGRAMS {
+        b = b.set_buckets_for_metric(Matcher::Full(name.into()), STAGE_BUCKETS)?;
+    }
+    b.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)?
+        .set_buckets_for_metric(
+            Matcher::Suffix("_size".into()),
+            &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0],
+        )
+}
+
 /// Installs the Prometheus recorder (once) and returns its handle.
 pub fn init_metrics() -> PrometheusHandle {
     METRICS
-        .get_or_init(|| {
-            let buckets = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0, 30.0,
-            ];
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        Matcher::Suffix("_size".into()),
-                        &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0],
-                    )
-                });
-            match builder.and_then(|b| b.install_recorder()) {
-                Ok(h) => h,
-                Err(e) => {
-                    // Another recorder is installed (tests): keep a detached one.
-                    tracing::debug!(error = %e, "prometheus recorder already installed");
-                    PrometheusBuilder::new().build_recorder().handle()
-                }
+        .get_or_init(|| match builder().and_then(|b| b.install_recorder()) {
+            Ok(h) => h,
+            Err(e) => {
+                // Another recorder is installed (tests): keep a detached one.
+                tracing::debug!(error = %e, "prometheus recorder already installed");
+                PrometheusBuilder::new().build_recorder().handle()
             }
         })
         .clone()
@@ -226,6 +246,35 @@ pub fn record_build_info(version: &'static str) {
 mod tests {
     use super::*;
     use metrics_exporter_prometheus::PrometheusBuilder;
+
+    /// The stage histograms get millisecond buckets; other `_seconds`
+    /// histograms keep theirs.
+    #[test]
+    fn stage_histograms_have_millisecond_buckets() {
+        let recorder = builder().unwrap().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::histogram!(STAGE_HISTOGRAMS[1], "stage" => "write").record(0.003);
+            metrics::histogram!("switchyard_test_seconds").record(0.003);
+        });
+        let text = handle.render();
+        assert!(
+            text.contains(r#"switchyard_gateway_stage_seconds_bucket{stage="write",le="0.003"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"switchyard_gateway_stage_seconds_bucket{stage="write",le="0.002"} 0"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"switchyard_test_seconds_bucket{le="0.003"}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"switchyard_test_seconds_bucket{le="0.005"} 1"#),
+            "{text}"
+        );
+    }
 
     /// A JSON log line logged inside a span carries that span's trace and
     /// span ids; one logged outside any span carries none.

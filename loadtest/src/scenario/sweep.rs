@@ -3,7 +3,9 @@
 //! a step hits a limit (p99, loss, or deliveries falling short).
 //!
 //! [`step`] is one measurement at one rate on a connected fleet; the growth
-//! scenario reuses it.
+//! scenario reuses it. Switchyard steps also carry the per-stage breakdown
+//! of where the time went ([`crate::stages`]), from the servers' histograms
+//! scraped right before and right after the step.
 //!
 //! Invariant: a step's expected deliveries are the events produced per
 //! stream times that stream's live subscribers when the step began, so
@@ -18,6 +20,7 @@ use crate::event::{FANOUT_TOPIC, SCOPED_TOPIC};
 use crate::fleet::{Fleet, Query};
 use crate::producer::{KeyBy, Plan, Progress, Streams};
 use crate::report::SystemResult;
+use crate::stages;
 use crate::systems::{Parts, Running, SystemKind};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -163,6 +166,10 @@ pub(super) async fn step(
     let (subs, live) = (now.subscribers, now.live);
     let (before, _) = fleet.tally(next_n).await?;
     let failed_before = ctx.producer.deliveries.failed.load(Relaxed);
+    let stages_before = match kind {
+        SystemKind::Switchyard => Some(stages::scrape(&sys.pids()).await),
+        _ => None,
+    };
     fleet.take_sample().await?;
     let meter = Meter::begin(ctx, sys).await;
     let t0 = crate::now_us();
@@ -204,6 +211,10 @@ pub(super) async fn step(
         .map(|((a, b), s)| (a - b) * s)
         .sum();
     drain(ctx, fleet, expected).await?;
+    let stages_after = match stages_before {
+        Some(_) => Some(stages::scrape(&sys.pids()).await),
+        None => None,
+    };
     let sample = fleet.take_sample().await?;
     let (tally, _) = fleet.tally(next_n).await?;
     let tally = tally.since(&before);
@@ -219,6 +230,15 @@ pub(super) async fn step(
     st.deliveries_per_s = sample.deliveries as f64 * 1e6 / span_us as f64;
     st.duration_s = span_us as f64 / 1e6;
     record(&mut st, &sample, &tally);
+    if let (Some(b), Some(a)) = (&stages_before, &stages_after) {
+        match stages::breakdown(b, a, st.mean_ms) {
+            Ok(bd) => {
+                eprintln!("{}", stages::one_line(&bd));
+                st.stages = Some(bd);
+            }
+            Err(why) => st.notes.push(why),
+        }
+    }
     usage.apply(&mut st);
     let failed = ctx.producer.deliveries.failed.load(Relaxed) - failed_before;
     if failed > 0 {
