@@ -325,6 +325,13 @@ pub async fn start(
                     let listen = free_addr()?;
                     let admin = free_addr()?;
                     let mut cmd = Command::new(opts.switchyard_bin_dir.join("switchyard-gateway"));
+                    // A PostgreSQL server takes 100 connections by default:
+                    // past 4 nodes, the gateways' pools (16 each) beside the
+                    // bridge's would not fit, and a storm would find the
+                    // server full. `--switchyard-env` still overrides it.
+                    if opts.nodes > 4 {
+                        cmd.env("SWITCHYARD_PG_POOL_SIZE", (64 / opts.nodes).max(4).to_string());
+                    }
                     common(&mut cmd);
                     cmd.env("SWITCHYARD_LISTEN", listen.to_string())
                         .env("SWITCHYARD_ADMIN_LISTEN", admin.to_string())
