@@ -23,6 +23,8 @@ const EXISTING_IDS: &str = include_str!("sql/existing_ids.sql");
 const RESERVE_PKS: &str = include_str!("sql/reserve_pks.sql");
 const COPY_EVENTS: &str = include_str!("sql/copy_events.sql");
 const COPY_ENTRIES: &str = include_str!("sql/copy_entries.sql");
+/// A query parameter.
+type Param<'a> = dyn ToSql + Sync + 'a;
 /// The column types of [`COPY_EVENTS`], in its order.
 const EVENT_COLUMNS: &[Type] = &[
     Type::INT8,
@@ -374,11 +376,9 @@ impl CursorLog {
         // touches, in id order; find the ids already logged; reserve a pk
         // per event (gaps are fine) and read the transaction's timestamp.
         let wanted = i64::try_from(unique.len()).unwrap_or(i64::MAX);
-        let (lock_args, existing_args, reserve_args): (
-            [&(dyn ToSql + Sync); 1],
-            [&(dyn ToSql + Sync); 1],
-            [&(dyn ToSql + Sync); 1],
-        ) = ([&channels], [&ids], [&wanted]);
+        let lock_args: [&Param<'_>; 1] = [&channels];
+        let existing_args: [&Param<'_>; 1] = [&ids];
+        let reserve_args: [&Param<'_>; 1] = [&wanted];
         let (locked, existing, reserved) = tokio::try_join!(
             tx.query(&lock_heads, &lock_args),
             tx.query(&existing_ids, &existing_args),
