@@ -330,7 +330,10 @@ pub async fn start(
                     // bridge's would not fit, and a storm would find the
                     // server full. `--switchyard-env` still overrides it.
                     if opts.nodes > 4 {
-                        cmd.env("SWITCHYARD_PG_POOL_SIZE", (64 / opts.nodes).max(4).to_string());
+                        cmd.env(
+                            "SWITCHYARD_PG_POOL_SIZE",
+                            (64 / opts.nodes).max(4).to_string(),
+                        );
                     }
                     common(&mut cmd);
                     cmd.env("SWITCHYARD_LISTEN", listen.to_string())
