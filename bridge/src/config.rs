@@ -39,8 +39,7 @@ pub struct BridgeConfig {
     /// Transactions one batch is appended in at once
     /// (`SWITCHYARD_APPEND_WRITERS`): the batch is split into groups with
     /// disjoint channel sets ([`switchyard_cursorlog::shard`]), each appended
-    /// concurrently; 1 appends every batch in one transaction. Default 2
-    /// (1 when the pool has fewer than 3 connections).
+    /// concurrently; 1 (the default) appends every batch in one transaction.
     pub append_writers: usize,
     pub max_event_bytes: usize,
     /// Events resolving to more channels go to the DLQ (`too_many_channels`):
@@ -92,12 +91,11 @@ impl BridgeConfig {
             });
         }
         let store = StoreConfig::from_source(s, 8)?;
-        // Two transactions per batch (when the pool has room for them beside
-        // the reader's and the sweep's connections): 46k → 52k durable
-        // events/s in `loadtest/run.sh ingest` on 2 cores; more writers
-        // gained nothing there.
-        let default_writers = 2.min(store.pg_pool_size.saturating_sub(1)).max(1);
-        let append_writers: usize = s.parse_or("SWITCHYARD_APPEND_WRITERS", default_writers)?;
+        // One transaction per batch by default: with more, groups commit
+        // independently, so a subscription spanning several channels can
+        // see (and replay) a later event of one channel before an earlier
+        // one of another. Per-channel order holds either way.
+        let append_writers: usize = s.parse_or("SWITCHYARD_APPEND_WRITERS", 1)?;
         if append_writers == 0 || append_writers >= store.pg_pool_size {
             return Err(ConfigError::Invalid {
                 var: "SWITCHYARD_APPEND_WRITERS".into(),
@@ -236,7 +234,7 @@ mod tests {
         assert_eq!(c.kafka_heartbeat_interval, Duration::from_secs(2));
         assert_eq!(c.max_channels_per_event, 1000);
         assert_eq!(c.dlq_max_bytes, 1_000_000);
-        assert_eq!(c.append_writers, 2);
+        assert_eq!(c.append_writers, 1);
     }
 
     #[test]
