@@ -46,11 +46,7 @@ async fn api(
 }
 
 fn metric(s: &Stack, node: usize, name: &str, label: &str) -> f64 {
-    let (_, text) = http_get(s.gateway(node).admin, "/metrics").unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    switchyard_testkit::metric_sum(s.gateway(node).admin, name, label)
 }
 
 /// A backend publishes through one node's API; a client on the other node

@@ -65,11 +65,7 @@ async fn backlog(s: &Stack, n: u64, size: usize) -> String {
 }
 
 fn metric(s: &Stack, name: &str) -> f64 {
-    let (_, text) = http_get(s.gateway(0).admin, "/metrics").unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    switchyard_testkit::metric_sum(s.gateway(0).admin, name, "")
 }
 
 /// 40 clients that subscribe with an old cursor over a large backlog and

@@ -9,9 +9,7 @@
 
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use switchyard_testkit::{
-    api_request, http_get, token_with, Client, Connect, Stack, StackOptions, API_KEY,
-};
+use switchyard_testkit::{api_request, token_with, Client, Connect, Stack, StackOptions, API_KEY};
 
 const T: Duration = Duration::from_secs(10);
 /// The presence TTL of these stacks (heartbeat every second).
@@ -366,11 +364,7 @@ async fn presence_never_crosses_scopes_or_tenants() {
 }
 
 fn metric(s: &Stack, node: usize, name: &str, label: &str) -> f64 {
-    let (_, text) = http_get(s.gateway(node).admin, "/metrics").unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    switchyard_testkit::metric_sum(s.gateway(node).admin, name, label)
 }
 
 /// SWITCHYARD_MAX_USER_CONNECTIONS holds across the fleet: connections

@@ -52,8 +52,8 @@ pub use database::{pg_base, Database, PgServer};
 pub use event::{news, now_ms};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use probe::{
-    ensure_loopback, free_addr, free_port, http_get, http_get_async, wait_port_async, wait_ready,
-    wait_serving,
+    ensure_loopback, free_addr, free_port, http_get, http_get_async, metric_sum, wait_port_async,
+    wait_ready, wait_serving,
 };
 pub use process::{binary, scratch_dir, Proc};
 pub use redis::{redis_base, RedisServer};

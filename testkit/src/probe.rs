@@ -115,6 +115,17 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     status_and_body(&buf).ok_or_else(|| anyhow!("no HTTP status in {buf:?}"))
 }
 
+/// The sum of the samples on `addr`'s `/metrics` whose line starts with
+/// `name` and contains `label` (`""`: every sample of `name`). Panics when
+/// the endpoint does not answer: a test that asks expects it up.
+pub fn metric_sum(addr: SocketAddr, name: &str, label: &str) -> f64 {
+    let (_, text) = http_get(addr, "/metrics").expect("GET /metrics");
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// [`http_get`] without blocking the runtime, all within 5 s.
 pub async fn http_get_async(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     ensure_loopback(&addr)?;
